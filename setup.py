@@ -1,0 +1,94 @@
+"""Build the Cython kernels, with OpenMP when the compiler has it.
+
+OpenMP is probed by compiling a tiny program; without it the extension is built
+serial (with a warning). Set CE_REQUIRE_OPENMP=1 to make that an error (wheels).
+No -ffast-math and no -march=native: runtime dispatch picks AVX-512/AVX2 instead.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def _compiler():
+    return os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+
+
+def openmp_flags():
+    """Return (compile, link) flags for OpenMP, or None when unavailable."""
+    if sys.platform == "win32":
+        return ["/openmp"], []
+    if sys.platform == "darwin":
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    source = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+    cc = _compiler()
+    if shutil.which(cc) is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        for cflags, ldflags in candidates:
+            cmd = [cc, *cflags, src, "-o", os.path.join(tmp, "probe"), *ldflags]
+            if subprocess.run(cmd, capture_output=True).returncode == 0:
+                return cflags, ldflags
+    return None
+
+
+def build_flags():
+    if sys.platform == "win32":
+        compile_args, link_args = ["/O2"], []
+    else:
+        # -fno-trapping-math lets gcc if-convert the select loops; it does not
+        # change any result (we never read FP exception flags).
+        compile_args = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+        link_args = []
+    omp = openmp_flags()
+    if omp is None:
+        msg = "OpenMP not found: building ce without threads (serial kernels)"
+        if os.environ.get("CE_REQUIRE_OPENMP", "") not in ("", "0"):
+            raise RuntimeError(msg + " and CE_REQUIRE_OPENMP is set")
+        warnings.warn(msg)
+        if sys.platform != "win32":
+            compile_args.append("-fopenmp-simd")
+    else:
+        compile_args += omp[0]
+        link_args += omp[1]
+    extra = os.environ.get("CE_EXTRA_CFLAGS", "").split()
+    return compile_args + extra, link_args + os.environ.get("CE_EXTRA_LDFLAGS", "").split()
+
+
+compile_args, link_args = build_flags()
+extensions = [
+    Extension(
+        "ce._kernels",
+        ["src/ce/_kernels.pyx"],
+        include_dirs=[np.get_include(), "src/ce"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        depends=["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_kernels.pxd"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    )
+)

@@ -1,0 +1,274 @@
+/* ce: softmax cross-entropy kernels in plain C.
+ *
+ * Everything numeric lives here as static inline, branch-free code that gcc can
+ * vectorize (`#pragma omp simd` carries the float reductions that Cython loops
+ * cannot). Cython only splits the rows into fixed blocks and runs ce_block_*
+ * over them in a prange; a block's result never depends on the thread count.
+ *
+ * The per-dtype row code is in _ce_row.h, included twice (float, double).
+ */
+#ifndef CE_CORE_H
+#define CE_CORE_H
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <Python.h>   /* Py_ssize_t */
+
+#ifdef _OPENMP
+#include <omp.h>
+static inline int ce_max_threads(void) { return omp_get_max_threads(); }
+static inline int ce_have_openmp(void) { return 1; }
+#else
+static inline int ce_max_threads(void) { return 1; }
+static inline int ce_have_openmp(void) { return 0; }
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+/* Flush denormals to zero inside a block: subnormal exp() results are
+   irrelevant next to the row maximum's 1.0, and they cost 5-10x in microcode. */
+#define CE_FTZ_ON(saved) do { saved = _mm_getcsr(); _mm_setcsr(saved | 0x8040); } while (0)
+#define CE_FTZ_OFF(saved) _mm_setcsr(saved)
+#else
+#define CE_FTZ_ON(saved) do { saved = 0; } while (0)
+#define CE_FTZ_OFF(saved) do { (void)saved; } while (0)
+#endif
+
+/* One binary runs on any x86-64 and still uses AVX-512 / AVX2+FMA: gcc builds
+   each block function three times and an ifunc picks one at load time. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) \
+    && defined(__linux__) && !defined(CE_NO_DISPATCH)
+#define CE_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define CE_HAVE_DISPATCH 1
+#else
+#define CE_DISPATCH
+#define CE_HAVE_DISPATCH 0
+#endif
+
+#if defined(__GNUC__)
+#define CE_INLINE static inline __attribute__((always_inline))
+#else
+#define CE_INLINE static inline
+#endif
+
+#define CE_CHUNK 256   /* float lane sums are flushed to double every CE_CHUNK elements */
+
+/* ---- bit casts (memcpy keeps them legal and vectorizable) ---- */
+CE_INLINE uint32_t ce_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+CE_INLINE float ce_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+CE_INLINE uint64_t ce_d2u(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+CE_INLINE double ce_u2d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+
+/* exp(x) for x <= 0 (all a max-shifted softmax needs); exp(-inf) = 0,
+   exp(NaN) = NaN; results below FLT_MIN are flushed to 0.
+   n = round(x / ln2) via the 1.5*2^23 shifter, whose low mantissa bits then
+   hold n, so 2^n is built with an integer add and shift. */
+CE_INLINE float ce_exp_neg_f(float x)
+{
+    const float lo = -87.0f;
+    const float shifter = 0x1.8p23f;
+    float xc = x < lo ? lo : x;                  /* NaN passes through */
+    float t = xc * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    float r = xc - n * 0.693359375f;             /* ln2 split in two (Cody-Waite) */
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;                  /* minimax on [-ln2/2, ln2/2] */
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    float scale = ce_u2f((ce_f2u(t) + 127u) << 23);
+    float res = p * scale;
+    return x < lo ? 0.0f : res;
+}
+
+CE_INLINE double ce_exp_neg_d(double x)
+{
+    const double lo = -708.0;
+    const double shifter = 0x1.8p52;
+    double xc = x < lo ? lo : x;
+    double t = xc * 1.4426950408889634 + shifter;
+    double n = t - shifter;
+    double r = xc - n * 6.93147180369123816490e-01;   /* ln2_hi: n*ln2_hi is exact */
+    r = r - n * 1.90821492927058770002e-10;           /* ln2_lo */
+    /* Taylor to degree 13: truncation < 1e-17 on |r| <= ln2/2 */
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    double scale = ce_u2d((ce_d2u(t) + 1023u) << 52);
+    double res = p * scale;
+    return x < lo ? 0.0 : res;
+}
+
+/* log(s) for s > 0 (a softmax denominator, so s >= 1 in practice);
+   +inf and NaN pass through. Vectorizable: no libm call, no int->double
+   conversion instruction (the exponent is turned into a double with a shifter).
+   s = 2^k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)); log(1+f) = 2 atanh(f / (2 + f)). */
+CE_INLINE double ce_log_d(double s)
+{
+    uint64_t u = ce_d2u(s) + (0x3ff0000000000000ULL - 0x3fe6a09e667f3bcdULL);
+    double kd = ce_u2d((u >> 52) | 0x4330000000000000ULL) - (0x1.0p52 + 1023.0);
+    double f = ce_u2d((u & 0x000fffffffffffffULL) + 0x3fe6a09e667f3bcdULL) - 1.0;
+    double v = f / (2.0 + f);
+    double z = v * v;
+    double p = 2.0 / 23;
+    p = p * z + 2.0 / 21;
+    p = p * z + 2.0 / 19;
+    p = p * z + 2.0 / 17;
+    p = p * z + 2.0 / 15;
+    p = p * z + 2.0 / 13;
+    p = p * z + 2.0 / 11;
+    p = p * z + 2.0 / 9;
+    p = p * z + 2.0 / 7;
+    p = p * z + 2.0 / 5;
+    p = p * z + 2.0 / 3;
+    double log1pf = 2.0 * v + v * z * p;
+    double res = kd * 6.93147180369123816490e-01 + (log1pf + kd * 1.90821492927058770002e-10);
+    return s < INFINITY ? res : s;
+}
+
+/* log(a + b) for a, b >= 0, with the rounding error of a + b folded back in
+   (TwoSum), so that log(1 + 4e-14) is 4e-14 and not a multiple of 2^-52. */
+CE_INLINE double ce_log_sum2(double a, double b)
+{
+    double u = a + b;
+    double bb = u - a;
+    double err = (a - (u - bb)) + (b - bb);
+    return ce_log_d(u) + err / u;
+}
+
+/* ---- the problem handed from Cython to a block function ---- */
+
+enum ce_target_kind { CE_TARGET_NONE = 0, CE_TARGET_INDEX = 1, CE_TARGET_DENSE = 2 };
+
+enum ce_mode {
+    CE_MODE_FORWARD = 0,     /* loss / lse / argmax, nothing of size N x C written */
+    CE_MODE_FUSED = 1,       /* forward plus the gradient into g */
+    CE_MODE_GRAD_LSE = 2,    /* gradient only, from a given per-row lse */
+    CE_MODE_SOFTMAX = 3,     /* g = softmax(x) */
+    CE_MODE_LOG_SOFTMAX = 4  /* g = log_softmax(x) */
+};
+
+/* A strided (outer, C, inner) view of an N x C problem: row r is
+   (r / inner, r % inner); strides are in elements. */
+typedef struct {
+    char *data;
+    Py_ssize_t s_outer, s_class, s_inner;
+} ce_view;
+
+typedef struct {
+    Py_ssize_t n_rows, n_classes, inner;
+    Py_ssize_t block_rows;        /* rows per block: fixed by the shape only */
+    int mode, target_kind, from_logits;
+    ce_view x;                    /* logits (read) */
+    ce_view t;                    /* dense target (read), same dtype as x */
+    ce_view g;                    /* gradient / softmax output (written) */
+    const int64_t *labels;        /* class indices, n_rows, contiguous */
+    int64_t ignore_index;
+    const void *class_weight;     /* n_classes of the logits dtype, or NULL */
+    double class_weight_sum;      /* sum of class_weight (C when NULL) */
+    const double *row_weight;     /* sample weights, n_rows, or NULL */
+    const double *row_grad;       /* upstream gradient per row ("none"), or NULL */
+    double grad_scale;            /* upstream gradient / mean denominator */
+    double smoothing, z_loss, softcap;   /* softcap 0: off */
+    const double *lse_in;         /* CE_MODE_GRAD_LSE: per-row lse */
+    /* outputs, NULL when not wanted */
+    double *row_loss, *row_lse;
+    int64_t *row_argmax, *row_rank;
+    double *block_loss;           /* one partial sum per block */
+    int failed;                   /* set when a scratch allocation failed */
+} ce_problem;
+
+CE_INLINE Py_ssize_t ce_offset(const ce_view *v, Py_ssize_t row, Py_ssize_t inner)
+{
+    if (inner == 1)
+        return row * v->s_outer;
+    return (row / inner) * v->s_outer + (row % inner) * v->s_inner;
+}
+
+/* Row weight of the loss and of the mean's denominator; 0 masks the row. */
+CE_INLINE double ce_row_weight(const ce_problem *p, Py_ssize_t r, double w_y)
+{
+    double w = p->row_weight ? p->row_weight[r] : 1.0;
+    if (p->target_kind == CE_TARGET_INDEX) {
+        int64_t y = p->labels[r];
+        if (y == p->ignore_index)
+            return 0.0;
+        return w * w_y;
+    }
+    return w;
+}
+
+/* Check labels (all in [0, C) or ignore_index) and add up the mean's
+   denominator sum(sample_weight * weight[y]) in row order. Returns the first
+   bad position, or -1. Serial: O(N) and it must run before any output. */
+static Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
+                                  int64_t ignore_index, const double *class_weight,
+                                  const double *row_weight, double *total, Py_ssize_t *count)
+{
+    double acc = 0.0;
+    Py_ssize_t cnt = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t y = labels[i];
+        if (y == ignore_index)
+            continue;
+        if (y < 0 || y >= n_classes)
+            return i;
+        double w = class_weight ? class_weight[y] : 1.0;
+        if (row_weight)
+            w *= row_weight[i];
+        acc += w;
+        cnt++;
+    }
+    *total = acc;
+    *count = cnt;
+    return -1;
+}
+
+#define CE_REAL float
+#define CE_SUFFIX f32
+#define CE_EXP ce_exp_neg_f
+#include "_ce_row.h"
+#undef CE_REAL
+#undef CE_SUFFIX
+#undef CE_EXP
+
+#define CE_REAL double
+#define CE_SUFFIX f64
+#define CE_EXP ce_exp_neg_d
+#include "_ce_row.h"
+#undef CE_REAL
+#undef CE_SUFFIX
+#undef CE_EXP
+
+static const char *ce_simd_level(void)
+{
+#if CE_HAVE_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return "x86-64-v4 (AVX-512)";
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return "x86-64-v3 (AVX2+FMA)";
+    return "x86-64 baseline (SSE2)";
+#else
+    return "compiler default (no runtime dispatch)";
+#endif
+}
+
+#endif /* CE_CORE_H */

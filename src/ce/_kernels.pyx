@@ -1,0 +1,299 @@
+# cython: language_level=3
+"""Compiled kernels of ce: one call runs one problem over fixed blocks of rows.
+
+The arithmetic is in _ce_core.h / _ce_row.h (static inline C that gcc
+vectorizes, built for three x86-64 levels and picked at run time). This
+module fills the C problem struct from arrays the Python layer has already
+validated, releases the GIL and runs the blocks in a prange. The block size
+depends on the shape only, so every sum is bitwise the same for any number of
+threads.
+"""
+cimport cython
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from libc.math cimport NAN
+
+cnp.import_array()
+
+cdef extern from "_ce_core.h" nogil:
+    int CE_MODE_FORWARD, CE_MODE_FUSED, CE_MODE_GRAD_LSE, CE_MODE_SOFTMAX, CE_MODE_LOG_SOFTMAX
+    int CE_TARGET_NONE, CE_TARGET_INDEX, CE_TARGET_DENSE
+    int ce_max_threads()
+    int ce_have_openmp()
+    const char *ce_simd_level()
+    void ce_block_f32(ce_problem *p, Py_ssize_t b)
+    void ce_block_f64(ce_problem *p, Py_ssize_t b)
+    Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
+                               int64_t ignore_index, const double *class_weight,
+                               const double *row_weight, double *total, Py_ssize_t *count)
+
+MODE_FORWARD = CE_MODE_FORWARD
+MODE_FUSED = CE_MODE_FUSED
+MODE_GRAD_LSE = CE_MODE_GRAD_LSE
+MODE_SOFTMAX = CE_MODE_SOFTMAX
+MODE_LOG_SOFTMAX = CE_MODE_LOG_SOFTMAX
+TARGET_NONE = CE_TARGET_NONE
+TARGET_INDEX = CE_TARGET_INDEX
+TARGET_DENSE = CE_TARGET_DENSE
+
+# Below this many logits a parallel region costs more than it saves.
+DEF PARALLEL_MIN_ELEMENTS = 32768
+# Rows per block: about this many logits, at most MAX_BLOCK_ROWS rows.
+DEF BLOCK_ELEMENTS = 16384
+DEF MAX_BLOCK_ROWS = 256
+
+
+def max_threads():
+    """OpenMP's current thread limit (re-read on every call)."""
+    return ce_max_threads()
+
+
+def have_openmp():
+    return bool(ce_have_openmp())
+
+
+def simd_level():
+    return ce_simd_level().decode()
+
+
+cdef inline Py_ssize_t block_rows_for(Py_ssize_t n_classes) noexcept nogil:
+    cdef Py_ssize_t rows = BLOCK_ELEMENTS // (n_classes if n_classes > 0 else 1)
+    if rows < 1:
+        return 1
+    if rows > MAX_BLOCK_ROWS:
+        return MAX_BLOCK_ROWS
+    return rows
+
+
+cdef int ce_solve(ce_problem *p, int is_double, int n_threads) noexcept nogil:
+    """Run every block of p; returns 0, or -1 when scratch memory ran out."""
+    cdef Py_ssize_t n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
+    cdef Py_ssize_t b
+    cdef int threads = n_threads if n_threads > 0 else ce_max_threads()
+    if threads > n_blocks:
+        threads = <int>n_blocks
+    if threads <= 1 or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
+        for b in range(n_blocks):
+            if is_double:
+                ce_block_f64(p, b)
+            else:
+                ce_block_f32(p, b)
+    else:
+        for b in prange(n_blocks, num_threads=threads, schedule="static"):
+            if is_double:
+                ce_block_f64(p, b)
+            else:
+                ce_block_f32(p, b)
+    return -1 if p.failed else 0
+
+
+cdef inline void set_view(ce_view *v, cnp.ndarray a):
+    """(outer, C, inner) array -> view with element strides."""
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a)
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+    v.data = <char *>cnp.PyArray_DATA(a)
+    v.s_outer = st[0] // item
+    v.s_class = st[1] // item
+    v.s_inner = st[2] // item
+
+
+cdef inline const void *data_or_null(object a):
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def check_labels(cnp.ndarray labels, Py_ssize_t n_classes, int64_t ignore_index,
+                 object class_weight, object row_weight):
+    """Validate int64 labels; returns (first bad position or -1, total weight, count)."""
+    cdef double total = 0.0
+    cdef Py_ssize_t count = 0, bad
+    cdef const int64_t *lab = <const int64_t *>cnp.PyArray_DATA(labels)
+    cdef const double *cw = <const double *>data_or_null(class_weight)
+    cdef const double *rw = <const double *>data_or_null(row_weight)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(labels)
+    with nogil:
+        bad = ce_check_labels(lab, n, n_classes, ignore_index, cw, rw, &total, &count)
+    return bad, total, count
+
+
+cdef inline void init_rows(ce_problem *p, char *data, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                           Py_ssize_t row_stride, int mode, int target_kind) noexcept nogil:
+    """A plain row-major problem for the C-level API; everything optional off."""
+    memset(p, 0, sizeof(ce_problem))
+    p.n_rows = n_rows
+    p.n_classes = n_classes
+    p.inner = 1
+    p.block_rows = block_rows_for(n_classes)
+    p.mode = mode
+    p.target_kind = target_kind
+    p.from_logits = 1
+    p.x.data = data
+    p.x.s_outer = row_stride
+    p.x.s_class = 1
+    p.class_weight_sum = <double>n_classes
+    p.grad_scale = 1.0
+
+
+cdef double solve_summed(ce_problem *p, int is_double, int n_threads) noexcept nogil:
+    """ce_solve plus the ordered sum of the block partials (NaN when out of memory)."""
+    cdef Py_ssize_t n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
+    cdef Py_ssize_t b
+    cdef double total = 0.0
+    if p.n_rows <= 0:
+        return 0.0
+    p.block_loss = <double *>malloc(n_blocks * sizeof(double))
+    if p.block_loss == NULL:
+        return NAN
+    if ce_solve(p, is_double, n_threads) != 0:
+        total = NAN
+    else:
+        for b in range(n_blocks):
+            total += p.block_loss[b]
+    free(p.block_loss)
+    p.block_loss = NULL
+    return total
+
+
+cdef Py_ssize_t ce_labels_valid(const int64_t *labels, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                                int64_t ignore_index, double *total) noexcept nogil:
+    cdef Py_ssize_t count = 0
+    return ce_check_labels(labels, n_rows, n_classes, ignore_index, NULL, NULL, total, &count)
+
+
+cdef double ce_forward_f32(const float *logits, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                           Py_ssize_t row_stride, const int64_t *labels, int64_t ignore_index,
+                           double *loss_out, double *lse_out, int n_threads) noexcept nogil:
+    cdef ce_problem p
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_INDEX)
+    p.labels = labels
+    p.ignore_index = ignore_index
+    p.row_loss = loss_out
+    p.row_lse = lse_out
+    return solve_summed(&p, 0, n_threads)
+
+
+cdef double ce_forward_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                           Py_ssize_t row_stride, const int64_t *labels, int64_t ignore_index,
+                           double *loss_out, double *lse_out, int n_threads) noexcept nogil:
+    cdef ce_problem p
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_INDEX)
+    p.labels = labels
+    p.ignore_index = ignore_index
+    p.row_loss = loss_out
+    p.row_lse = lse_out
+    return solve_summed(&p, 1, n_threads)
+
+
+cdef double ce_fused_f32(const float *logits, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                         Py_ssize_t row_stride, const int64_t *labels, int64_t ignore_index,
+                         double grad_scale, float *grad, Py_ssize_t grad_row_stride,
+                         double *lse_out, int n_threads) noexcept nogil:
+    cdef ce_problem p
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FUSED, CE_TARGET_INDEX)
+    p.labels = labels
+    p.ignore_index = ignore_index
+    p.grad_scale = grad_scale
+    p.g.data = <char *>grad
+    p.g.s_outer = grad_row_stride
+    p.g.s_class = 1
+    p.row_lse = lse_out
+    return solve_summed(&p, 0, n_threads)
+
+
+cdef double ce_fused_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                         Py_ssize_t row_stride, const int64_t *labels, int64_t ignore_index,
+                         double grad_scale, double *grad, Py_ssize_t grad_row_stride,
+                         double *lse_out, int n_threads) noexcept nogil:
+    cdef ce_problem p
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FUSED, CE_TARGET_INDEX)
+    p.labels = labels
+    p.ignore_index = ignore_index
+    p.grad_scale = grad_scale
+    p.g.data = <char *>grad
+    p.g.s_outer = grad_row_stride
+    p.g.s_class = 1
+    p.row_lse = lse_out
+    return solve_summed(&p, 1, n_threads)
+
+
+cdef int ce_logsumexp_f32(const float *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                          Py_ssize_t row_stride, double *lse_out, int n_threads) noexcept nogil:
+    cdef ce_problem p
+    init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE)
+    p.row_lse = lse_out
+    return 0 if solve_summed(&p, 0, n_threads) == 0.0 else -1
+
+
+cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                          Py_ssize_t row_stride, double *lse_out, int n_threads) noexcept nogil:
+    cdef ce_problem p
+    init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE)
+    p.row_lse = lse_out
+    return 0 if solve_summed(&p, 1, n_threads) == 0.0 else -1
+
+
+def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object labels,
+        int64_t ignore_index, object class_weight, double class_weight_sum,
+        object row_weight, object row_grad, double grad_scale, double smoothing,
+        double z_loss, double softcap, bint from_logits, object lse_in,
+        object row_loss, object row_lse, object row_argmax, object row_rank,
+        int n_threads):
+    """Run one problem. x, t, g are (outer, C, inner) arrays of one float dtype;
+    labels int64[N]; class_weight of x's dtype [C]; row_* float64 / int64 [N],
+    all C-contiguous (the Python layer guarantees it). Returns the loss sum."""
+    cdef ce_problem p
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
+    cdef int is_double = cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
+    cdef Py_ssize_t n_blocks, b
+    cdef double total = 0.0
+    cdef double *partial
+    cdef int status
+    p.n_rows = shape[0] * shape[2]
+    p.n_classes = shape[1]
+    p.inner = shape[2]
+    p.block_rows = block_rows_for(p.n_classes)
+    p.mode = mode
+    p.target_kind = target_kind
+    p.from_logits = from_logits
+    set_view(&p.x, x)
+    p.t.data = NULL
+    p.g.data = NULL
+    if t is not None:
+        set_view(&p.t, <cnp.ndarray>t)
+    if g is not None:
+        set_view(&p.g, <cnp.ndarray>g)
+    p.labels = <const int64_t *>data_or_null(labels)
+    p.ignore_index = ignore_index
+    p.class_weight = data_or_null(class_weight)
+    p.class_weight_sum = class_weight_sum
+    p.row_weight = <const double *>data_or_null(row_weight)
+    p.row_grad = <const double *>data_or_null(row_grad)
+    p.grad_scale = grad_scale
+    p.smoothing = smoothing
+    p.z_loss = z_loss
+    p.softcap = softcap
+    p.lse_in = <const double *>data_or_null(lse_in)
+    p.row_loss = <double *>data_or_null(row_loss)
+    p.row_lse = <double *>data_or_null(row_lse)
+    p.row_argmax = <int64_t *>data_or_null(row_argmax)
+    p.row_rank = <int64_t *>data_or_null(row_rank)
+    p.failed = 0
+    if p.n_rows == 0:
+        return 0.0
+    n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
+    partial = <double *>malloc(n_blocks * sizeof(double))
+    if partial == NULL:
+        raise MemoryError()
+    p.block_loss = partial
+    with nogil:
+        status = ce_solve(&p, is_double, n_threads)
+        for b in range(n_blocks):
+            total += partial[b]
+    free(partial)
+    if status != 0:
+        raise MemoryError("ce: out of memory for a scratch row")
+    return total
