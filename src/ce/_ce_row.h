@@ -212,6 +212,10 @@ CE_INLINE double CE_FN(ce_row)(ce_problem *p, Py_ssize_t r, const CE_REAL *x, co
     double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
 
     if (!p->from_logits) {
+        if (p->row_argmax)
+            p->row_argmax[r] = CE_FN(ce_first_equal)(x, n, CE_FN(ce_row_max)(x, n));
+        if (p->row_rank)
+            p->row_rank[r] = kind == CE_TARGET_INDEX && !masked ? CE_FN(ce_count_greater)(x, n, x[y]) : 0;
         double loss = masked ? 0.0 : CE_FN(ce_row_probs)(p, r, x, t, g, sw, gi);
         if (masked && g)
             memset(g, 0, (size_t)n * sizeof(CE_REAL));

@@ -84,6 +84,25 @@ def cross_entropy(logits, target, *, axis=-1, reduction="mean", weight=None,
     return _reduce(p, total, denom, row_loss)
 
 
+def cross_entropy_and_lse(logits, target, **kwargs):
+    """Forward only, also returning the per-example lse (for autograd adapters
+    that save O(N) instead of the O(NC) log-softmax). Same keywords as cross_entropy."""
+    p = problem(logits, target, kwargs.pop("axis", -1), kwargs.pop("reduction", "mean"),
+                kwargs.pop("weight", None), kwargs.pop("sample_weight", None),
+                kwargs.pop("ignore_index", -100), kwargs.pop("label_smoothing", 0.0),
+                kwargs.pop("from_logits", True), kwargs.pop("n_threads", None),
+                kwargs.pop("z_loss", 0.0), kwargs.pop("softcap", None))
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments: {sorted(kwargs)}")
+    if not p.from_logits:
+        raise ValueError("lse applies to logits only (from_logits=True)")
+    denom = check_labels(p)
+    row_loss = np.empty(p.n_rows) if p.reduction == "none" else None
+    row_lse = np.empty(p.n_rows)
+    total = _run(p, _kernels.MODE_FORWARD, row_loss=row_loss, row_lse=row_lse)
+    return _reduce(p, total, denom, row_loss), row_lse.reshape(p.rest).astype(p.dtype)
+
+
 def cross_entropy_grad(logits, target, *, axis=-1, reduction="mean", weight=None,
                        sample_weight=None, ignore_index=-100, label_smoothing=0.0,
                        from_logits=True, n_threads=None, z_loss=0.0, softcap=None,
