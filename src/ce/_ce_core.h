@@ -54,7 +54,9 @@ static inline int ce_have_openmp(void) { return 0; }
 #define CE_INLINE static inline
 #endif
 
-#define CE_CHUNK 256   /* float lane sums are flushed to double every CE_CHUNK elements */
+#define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
+#define CE_SMALL_C 16      /* classes up to this use the flat small-C block kernel */
+#define CE_SMALL_ROWS 256  /* its rows per block (= MAX_BLOCK_ROWS in _kernels.pyx) */
 
 /* ---- bit casts (memcpy keeps them legal and vectorizable) ---- */
 CE_INLINE uint32_t ce_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }

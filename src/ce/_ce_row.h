@@ -326,6 +326,114 @@ CE_INLINE void CE_FN(ce_gather)(CE_REAL *dst, const CE_REAL *src, Py_ssize_t n, 
     }
 }
 
+/* Few classes (C <= CE_SMALL_C), contiguous rows, class-index targets: the
+   row-wise loops above would be all prologue and epilogue, so a block is done
+   as flat loops instead: row maxima spread into a shift buffer, one exp loop
+   over the whole block, row sums, then one vectorized log over the rows. */
+static int CE_FN(ce_small_ok)(const ce_problem *p)
+{
+    const Py_ssize_t n = p->n_classes;
+    return n <= CE_SMALL_C && p->from_logits && p->target_kind == CE_TARGET_INDEX
+        && (p->mode == CE_MODE_FORWARD || p->mode == CE_MODE_FUSED) && p->softcap == 0
+        && p->inner == 1 && p->x.s_class == 1 && p->x.s_outer == n
+        && (p->g.data == NULL || (p->g.s_class == 1 && p->g.s_outer == n))
+        && p->block_rows <= CE_SMALL_ROWS;
+}
+
+CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r1)
+{
+    const Py_ssize_t n = p->n_classes, nr = r1 - r0, len = nr * n;
+    const CE_REAL *x = (const CE_REAL *)p->x.data + r0 * n;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const double eps = p->smoothing, z = p->z_loss, W = p->class_weight_sum;
+    const int fused = p->mode == CE_MODE_FUSED;
+    CE_REAL shift[CE_SMALL_ROWS * CE_SMALL_C], ebuf[CE_SMALL_ROWS * CE_SMALL_C];
+    CE_REAL *e = fused ? (CE_REAL *)p->g.data + r0 * n : ebuf;
+    double tot[CE_SMALL_ROWS], other[CE_SMALL_ROWS], err[CE_SMALL_ROWS], logs[CE_SMALL_ROWS];
+    CE_REAL mx[CE_SMALL_ROWS];
+
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        const CE_REAL *xr = x + i * n;
+        CE_REAL m = xr[0];
+        for (Py_ssize_t c = 1; c < n; c++)
+            m = xr[c] > m ? xr[c] : m;
+        m = m != m ? (CE_REAL)-INFINITY : m;   /* a leading NaN: let exp spread it */
+        mx[i] = m;
+        for (Py_ssize_t c = 0; c < n; c++)
+            shift[i * n + c] = m;
+    }
+#pragma omp simd
+    for (Py_ssize_t k = 0; k < len; k++)
+        e[k] = CE_EXP(x[k] - shift[k]);
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        int64_t y = p->labels[r0 + i];
+        Py_ssize_t yy = y != p->ignore_index ? (Py_ssize_t)y : 0;
+        const CE_REAL *er = e + i * n;
+        double s_other = 0.0;
+        for (Py_ssize_t c = 0; c < n; c++)
+            s_other += c == yy ? 0.0 : (double)er[c];
+        double a = (double)er[yy], s = a + s_other, bb = s - a;
+        tot[i] = s;
+        other[i] = s_other;
+        err[i] = (a - (s - bb)) + (s_other - bb);   /* TwoSum, as in ce_log_sum2 */
+    }
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++)
+        logs[i] = ce_log_d(tot[i]);
+    double acc = 0.0;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        Py_ssize_t r = r0 + i;
+        int64_t y = p->labels[r];
+        double sw = p->row_weight ? p->row_weight[r] : 1.0;
+        const CE_REAL *xr = x + i * n;
+        double s_other = other[i];
+        double log_s = logs[i] + err[i] / tot[i];
+        double m = (double)mx[i];
+        double lse = m + log_s;
+        if (p->row_lse)
+            p->row_lse[r] = lse;
+        if (p->row_argmax) {
+            Py_ssize_t c = 0;
+            while (c < n - 1 && xr[c] != mx[i])
+                c++;
+            p->row_argmax[r] = c;
+        }
+        if (y == p->ignore_index || sw == 0.0) {
+            if (p->row_rank)
+                p->row_rank[r] = 0;
+            if (p->row_loss)
+                p->row_loss[r] = 0.0;
+            if (fused)
+                memset(e + i * n, 0, (size_t)n * sizeof(CE_REAL));
+            continue;
+        }
+        double w_y = w ? (double)w[y] : 1.0;
+        if (p->row_rank)
+            p->row_rank[r] = CE_FN(ce_count_greater)(xr, n, xr[y]);
+        double shift_sum = 0.0;
+        if (eps > 0)
+            for (Py_ssize_t c = 0; c < n; c++)
+                shift_sum += (w ? (double)w[c] : 1.0) * (m - (double)xr[c]);
+        double nll = (m - (double)xr[y]) + log_s;
+        double loss = sw * ((1.0 - eps) * w_y * nll + eps / (double)n * (shift_sum + W * log_s)
+                            + z * w_y * lse * lse);
+        if (p->row_loss)
+            p->row_loss[r] = loss;
+        acc += loss;
+        if (fused) {
+            CE_REAL *gr = e + i * n;
+            double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
+            double s = tot[i];
+            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse;
+            CE_REAL k1 = (CE_REAL)(gi * A / s), k2 = (CE_REAL)(gi * eps / (double)n);
+            for (Py_ssize_t c = 0; c < n; c++)
+                gr[c] = gr[c] * k1 - k2 * (w ? w[c] : (CE_REAL)1);
+            gr[y] = (CE_REAL)(gi * (-A * s_other / s + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse));
+        }
+    }
+    return acc;
+}
+
 /* Rows [b * block_rows, ...) of the problem; adds their losses in row order
    into block_loss[b]. Scratch tiles are used only for strided rows, a strided
    gradient or the soft cap. */
@@ -342,6 +450,13 @@ CE_DISPATCH void CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
     const int tile_t = has_t && p->t.s_class != 1;
     const int tile_g = has_g && (p->g.s_class != 1 || tile_x);
     CE_REAL *scratch = NULL;
+    if (CE_FN(ce_small_ok)(p)) {
+        double acc = CE_FN(ce_block_small)(p, r0, r1);
+        if (p->block_loss)
+            p->block_loss[b] = acc;
+        CE_FTZ_OFF(csr);
+        return;
+    }
     if (tile_x || tile_t || tile_g) {
         scratch = (CE_REAL *)malloc((size_t)(3 * n) * sizeof(CE_REAL));
         if (!scratch) {

@@ -18,6 +18,9 @@ from libc.math cimport NAN
 
 cnp.import_array()
 
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_Scalar(void *data, cnp.PyArray_Descr *descr, object base)
+
 cdef extern from "_ce_core.h" nogil:
     int CE_MODE_FORWARD, CE_MODE_FUSED, CE_MODE_GRAD_LSE, CE_MODE_SOFTMAX, CE_MODE_LOG_SOFTMAX
     int CE_TARGET_NONE, CE_TARGET_INDEX, CE_TARGET_DENSE
@@ -234,6 +237,85 @@ cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_class
     init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE)
     p.row_lse = lse_out
     return 0 if solve_summed(&p, 1, n_threads) == 0.0 else -1
+
+
+cdef object plain_mean(object logits, object target, bint fused):
+    """Mean loss (and gradient) of the plain call: C-ordered 2-D float logits,
+    1-D int64 labels, every option at its default. Returns None for anything
+    else, so the general path does the work and raises every error. Small
+    problems keep the GIL: releasing it costs more than the work."""
+    cdef cnp.ndarray x, t, g = None
+    cdef ce_problem p
+    cdef double total = 0.0, count_w = 0.0
+    cdef double stack_partial[64]
+    cdef double *partial
+    cdef Py_ssize_t n, c, bad, count = 0, n_blocks, b
+    cdef int typenum, status
+    cdef float loss32
+    cdef double loss64
+    if type(logits) is not cnp.ndarray or type(target) is not cnp.ndarray:
+        return None
+    x = <cnp.ndarray>logits
+    t = <cnp.ndarray>target
+    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(t) != 1:
+        return None
+    typenum = cnp.PyArray_TYPE(x)
+    if (typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE) or cnp.PyArray_TYPE(t) != cnp.NPY_INT64:
+        return None
+    if not cnp.PyArray_ISCARRAY_RO(x) or not cnp.PyArray_ISCARRAY_RO(t):
+        return None
+    n = cnp.PyArray_DIM(x, 0)
+    c = cnp.PyArray_DIM(x, 1)
+    if n == 0 or c == 0 or cnp.PyArray_DIM(t, 0) != n:
+        return None
+    bad = ce_check_labels(<const int64_t *>cnp.PyArray_DATA(t), n, c, -100, NULL, NULL,
+                          &count_w, &count)
+    if bad >= 0:
+        return None
+    init_rows(&p, <char *>cnp.PyArray_DATA(x), n, c, c, CE_MODE_FORWARD, CE_TARGET_INDEX)
+    p.labels = <const int64_t *>cnp.PyArray_DATA(t)
+    p.ignore_index = -100
+    if fused:
+        g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), typenum, 0)
+        p.mode = CE_MODE_FUSED
+        p.g.data = <char *>cnp.PyArray_DATA(g)
+        p.g.s_outer = c
+        p.g.s_class = 1
+        p.grad_scale = 1.0 / count_w if count > 0 else 0.0
+    n_blocks = (n + p.block_rows - 1) // p.block_rows
+    if n_blocks <= 64:
+        partial = &stack_partial[0]
+    else:
+        partial = <double *>malloc(n_blocks * sizeof(double))
+    if partial == NULL:
+        raise MemoryError()
+    p.block_loss = partial
+    if n * c < PARALLEL_MIN_ELEMENTS:
+        status = ce_solve(&p, typenum == cnp.NPY_DOUBLE, 1)
+    else:
+        with nogil:
+            status = ce_solve(&p, typenum == cnp.NPY_DOUBLE, 0)
+    for b in range(n_blocks):
+        total += partial[b]
+    if partial != &stack_partial[0]:
+        free(partial)
+    if status != 0:
+        raise MemoryError("ce: out of memory for a scratch row")
+    loss64 = total / count_w   # 0 / 0 = NaN: a mean over nothing
+    if typenum == cnp.NPY_FLOAT:
+        loss32 = <float>loss64
+        loss = PyArray_Scalar(&loss32, cnp.PyArray_DESCR(x), None)
+    else:
+        loss = PyArray_Scalar(&loss64, cnp.PyArray_DESCR(x), None)
+    return (loss, g) if fused else loss
+
+
+def plain_loss(object logits, object target):
+    return plain_mean(logits, target, False)
+
+
+def plain_loss_and_grad(object logits, object target):
+    return plain_mean(logits, target, True)
 
 
 def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object labels,
