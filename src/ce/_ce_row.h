@@ -326,112 +326,227 @@ CE_INLINE void CE_FN(ce_gather)(CE_REAL *dst, const CE_REAL *src, Py_ssize_t n, 
     }
 }
 
-/* Few classes (C <= CE_SMALL_C), contiguous rows, class-index targets: the
-   row-wise loops above would be all prologue and epilogue, so a block is done
-   as flat loops instead: row maxima spread into a shift buffer, one exp loop
-   over the whole block, row sums, then one vectorized log over the rows. */
+/* Few classes (C <= CE_SMALL_C), contiguous rows: row-wise loops would be all
+   prologue, epilogue and dependency chains, so a block of rows is transposed
+   into a class-major tile (class c of row i at c * CE_SMALL_ROWS + i) and every
+   step (max, exp, sums, log, gradient) is a loop across rows that vectorizes. */
 static int CE_FN(ce_small_ok)(const ce_problem *p)
 {
     const Py_ssize_t n = p->n_classes;
-    return n <= CE_SMALL_C && p->from_logits && p->target_kind == CE_TARGET_INDEX
-        && (p->mode == CE_MODE_FORWARD || p->mode == CE_MODE_FUSED) && p->softcap == 0
+    return n <= CE_SMALL_C && p->from_logits && p->mode != CE_MODE_GRAD_LSE && p->softcap == 0
+        && (p->target_kind != CE_TARGET_NONE || p->mode != CE_MODE_FUSED)
         && p->inner == 1 && p->x.s_class == 1 && p->x.s_outer == n
+        && (p->target_kind != CE_TARGET_DENSE || (p->t.s_class == 1 && p->t.s_outer == n))
         && (p->g.data == NULL || (p->g.s_class == 1 && p->g.s_outer == n))
         && p->block_rows <= CE_SMALL_ROWS;
 }
 
+CE_INLINE void CE_FN(ce_transpose_in)(CE_REAL *dst, const CE_REAL *src, Py_ssize_t nr, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < nr; i++)
+        for (Py_ssize_t c = 0; c < n; c++)
+            dst[c * CE_SMALL_ROWS + i] = src[i * n + c];
+}
+
 CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r1)
 {
-    const Py_ssize_t n = p->n_classes, nr = r1 - r0, len = nr * n;
-    const CE_REAL *x = (const CE_REAL *)p->x.data + r0 * n;
+    enum { R = CE_SMALL_ROWS };
+    const Py_ssize_t n = p->n_classes, nr = r1 - r0;
     const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const int fused = p->mode == CE_MODE_FUSED, dense = p->target_kind == CE_TARGET_DENSE;
+    const int index = p->target_kind == CE_TARGET_INDEX;
     const double eps = p->smoothing, z = p->z_loss, W = p->class_weight_sum;
-    const int fused = p->mode == CE_MODE_FUSED;
-    CE_REAL shift[CE_SMALL_ROWS * CE_SMALL_C], ebuf[CE_SMALL_ROWS * CE_SMALL_C];
-    CE_REAL *e = fused ? (CE_REAL *)p->g.data + r0 * n : ebuf;
-    double tot[CE_SMALL_ROWS], other[CE_SMALL_ROWS], err[CE_SMALL_ROWS], logs[CE_SMALL_ROWS];
-    CE_REAL mx[CE_SMALL_ROWS];
+    const CE_REAL ta = (CE_REAL)(1.0 - eps), tb = (CE_REAL)(eps / (double)n);
+    CE_REAL xt[CE_SMALL_C * R], et[CE_SMALL_C * R], tt[CE_SMALL_C * R];
+    CE_REAL m[R], ey[R], xy[R], acc[R], tacc[R];
+    double so[R], tot[R], lg[R], k1[R], k2[R], gy[R];
+    Py_ssize_t yi[R];
+    unsigned char masked[R];
 
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        const CE_REAL *xr = x + i * n;
-        CE_REAL m = xr[0];
-        for (Py_ssize_t c = 1; c < n; c++)
-            m = xr[c] > m ? xr[c] : m;
-        m = m != m ? (CE_REAL)-INFINITY : m;   /* a leading NaN: let exp spread it */
-        mx[i] = m;
-        for (Py_ssize_t c = 0; c < n; c++)
-            shift[i * n + c] = m;
-    }
+    CE_FN(ce_transpose_in)(xt, (const CE_REAL *)p->x.data + r0 * n, nr, n);
+    if (dense)
+        CE_FN(ce_transpose_in)(tt, (const CE_REAL *)p->t.data + r0 * n, nr, n);
 #pragma omp simd
-    for (Py_ssize_t k = 0; k < len; k++)
-        e[k] = CE_EXP(x[k] - shift[k]);
+    for (Py_ssize_t i = 0; i < nr; i++)
+        m[i] = xt[i];
+    for (Py_ssize_t c = 1; c < n; c++) {
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < nr; i++)
+            m[i] = xt[c * R + i] > m[i] ? xt[c * R + i] : m[i];
+    }
+    for (Py_ssize_t c = 0; c < n; c++) {
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < nr; i++)
+            et[c * R + i] = CE_EXP(xt[c * R + i] - m[i]);
+    }
+    /* the target's exp is set aside so that the column sum is the other classes' */
     for (Py_ssize_t i = 0; i < nr; i++) {
-        int64_t y = p->labels[r0 + i];
-        Py_ssize_t yy = y != p->ignore_index ? (Py_ssize_t)y : 0;
-        const CE_REAL *er = e + i * n;
-        double s_other = 0.0;
-        for (Py_ssize_t c = 0; c < n; c++)
-            s_other += c == yy ? 0.0 : (double)er[c];
-        double a = (double)er[yy], s = a + s_other, bb = s - a;
-        tot[i] = s;
-        other[i] = s_other;
-        err[i] = (a - (s - bb)) + (s_other - bb);   /* TwoSum, as in ce_log_sum2 */
+        int64_t y = index ? p->labels[r0 + i] : 0;
+        double sw = p->row_weight ? p->row_weight[r0 + i] : 1.0;
+        masked[i] = sw == 0.0 || (index && y == p->ignore_index);
+        yi[i] = !index || y == p->ignore_index ? 0 : (Py_ssize_t)y;
+        ey[i] = index ? et[yi[i] * R + i] : 0;
+        xy[i] = xt[yi[i] * R + i];
+        if (index)
+            et[yi[i] * R + i] = 0;
     }
 #pragma omp simd
     for (Py_ssize_t i = 0; i < nr; i++)
-        logs[i] = ce_log_d(tot[i]);
-    double acc = 0.0;
+        acc[i] = 0;
+    for (Py_ssize_t c = 0; c < n; c++) {
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < nr; i++)
+            acc[i] += et[c * R + i];
+    }
+#pragma omp simd
     for (Py_ssize_t i = 0; i < nr; i++) {
-        Py_ssize_t r = r0 + i;
-        int64_t y = p->labels[r];
-        double sw = p->row_weight ? p->row_weight[r] : 1.0;
-        const CE_REAL *xr = x + i * n;
-        double s_other = other[i];
-        double log_s = logs[i] + err[i] / tot[i];
-        double m = (double)mx[i];
-        double lse = m + log_s;
-        if (p->row_lse)
-            p->row_lse[r] = lse;
-        if (p->row_argmax) {
-            Py_ssize_t c = 0;
-            while (c < n - 1 && xr[c] != mx[i])
-                c++;
-            p->row_argmax[r] = c;
-        }
-        if (y == p->ignore_index || sw == 0.0) {
-            if (p->row_rank)
-                p->row_rank[r] = 0;
-            if (p->row_loss)
-                p->row_loss[r] = 0.0;
-            if (fused)
-                memset(e + i * n, 0, (size_t)n * sizeof(CE_REAL));
-            continue;
-        }
-        double w_y = w ? (double)w[y] : 1.0;
-        if (p->row_rank)
-            p->row_rank[r] = CE_FN(ce_count_greater)(xr, n, xr[y]);
-        double shift_sum = 0.0;
-        if (eps > 0)
-            for (Py_ssize_t c = 0; c < n; c++)
-                shift_sum += (w ? (double)w[c] : 1.0) * (m - (double)xr[c]);
-        double nll = (m - (double)xr[y]) + log_s;
-        double loss = sw * ((1.0 - eps) * w_y * nll + eps / (double)n * (shift_sum + W * log_s)
-                            + z * w_y * lse * lse);
-        if (p->row_loss)
-            p->row_loss[r] = loss;
-        acc += loss;
-        if (fused) {
-            CE_REAL *gr = e + i * n;
-            double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
-            double s = tot[i];
-            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse;
-            CE_REAL k1 = (CE_REAL)(gi * A / s), k2 = (CE_REAL)(gi * eps / (double)n);
-            for (Py_ssize_t c = 0; c < n; c++)
-                gr[c] = gr[c] * k1 - k2 * (w ? w[c] : (CE_REAL)1);
-            gr[y] = (CE_REAL)(gi * (-A * s_other / s + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse));
+        double a = (double)ey[i], b = (double)acc[i], s = a + b, bb = s - a;
+        so[i] = b;
+        tot[i] = s;
+        lg[i] = ((a - (s - bb)) + (b - bb)) / s;   /* TwoSum error of a + b, as in ce_log_sum2 */
+    }
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++)
+        lg[i] += ce_log_d(tot[i]);
+    if (index) {
+        for (Py_ssize_t i = 0; i < nr; i++)
+            et[yi[i] * R + i] = ey[i];
+    }
+
+    /* per row: the smoothing sum, or the dense target's weighted sums */
+    if (dense || eps > 0) {
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < nr; i++)
+            acc[i] = tacc[i] = 0;
+        for (Py_ssize_t c = 0; c < n; c++) {
+            CE_REAL wc = w ? w[c] : (CE_REAL)1;
+            if (dense) {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++) {
+                    CE_REAL tw = (ta * tt[c * R + i] + tb) * wc;
+                    CE_REAL term = tw * (m[i] - xt[c * R + i]);
+                    acc[i] += tw == 0 ? (CE_REAL)0 : term;
+                    tacc[i] += tw;
+                }
+            } else {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++)
+                    acc[i] += wc * (m[i] - xt[c * R + i]);
+            }
         }
     }
-    return acc;
+
+    double lse[R], loss[R];
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        lse[i] = (double)m[i] + lg[i];
+        loss[i] = ((double)m[i] - (double)xy[i]) + lg[i];   /* the plain nll; exact when y is the argmax */
+    }
+    const int plain = !dense && eps == 0 && z == 0 && !w && !p->row_weight;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        Py_ssize_t r = r0 + i;
+        if (masked[i] || !(index || dense)) {
+            loss[i] = 0.0;
+            continue;
+        }
+        if (plain)
+            continue;
+        double sw = p->row_weight ? p->row_weight[r] : 1.0;
+        double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
+        if (dense) {
+            double T = (double)tacc[i];
+            loss[i] = sw * ((double)acc[i] + T * lg[i] + z * lse[i] * lse[i]);
+            if (fused) {
+                k1[i] = gi * (T + 2.0 * z * lse[i]) / tot[i];
+                k2[i] = gi;
+            }
+        } else {
+            double w_y = w ? (double)w[yi[i]] : 1.0;
+            double smooth = eps > 0 ? (double)acc[i] + W * lg[i] : 0.0;
+            loss[i] = sw * ((1.0 - eps) * w_y * loss[i] + eps / (double)n * smooth + z * w_y * lse[i] * lse[i]);
+        }
+    }
+    double total = 0.0;
+    for (Py_ssize_t i = 0; i < nr; i++)
+        total += loss[i];
+    if (p->row_loss)
+        memcpy(p->row_loss + r0, loss, (size_t)nr * sizeof(double));
+    if (p->row_lse)
+        memcpy(p->row_lse + r0, lse, (size_t)nr * sizeof(double));
+    if (p->row_argmax) {
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            Py_ssize_t c = 0;
+            while (c < n - 1 && xt[c * R + i] != m[i])
+                c++;
+            p->row_argmax[r0 + i] = c;
+        }
+    }
+    if (p->row_rank) {
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            int64_t k = 0;
+            for (Py_ssize_t c = 0; c < n && !masked[i] && !dense; c++)
+                k += xt[c * R + i] > xy[i];
+            p->row_rank[r0 + i] = k;
+        }
+    }
+    if (fused && index) {
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            Py_ssize_t r = r0 + i;
+            double sw = p->row_weight ? p->row_weight[r] : 1.0;
+            double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
+            double w_y = w ? (double)w[yi[i]] : 1.0;
+            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse[i];
+            double inv = 1.0 / tot[i];
+            k1[i] = gi * A * inv;
+            k2[i] = gi * eps / (double)n;
+            /* p_y - 1 = -s_other / s: the other classes' sum, never 1 - p_y */
+            gy[i] = gi * (-A * so[i] * inv + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse[i]);
+        }
+    }
+    if (p->mode == CE_MODE_FORWARD)
+        return total;
+    if (p->mode == CE_MODE_SOFTMAX) {
+        for (Py_ssize_t i = 0; i < nr; i++)
+            k1[i] = 1.0 / tot[i];
+        for (Py_ssize_t c = 0; c < n; c++) {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < nr; i++)
+                et[c * R + i] *= (CE_REAL)k1[i];
+        }
+    } else if (p->mode == CE_MODE_LOG_SOFTMAX) {
+        for (Py_ssize_t c = 0; c < n; c++) {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < nr; i++)
+                et[c * R + i] = xt[c * R + i] - (CE_REAL)lse[i];
+        }
+    }
+    if (fused) {
+        for (Py_ssize_t c = 0; c < n; c++) {
+            CE_REAL wc = w ? w[c] : (CE_REAL)1;
+            if (dense) {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++)
+                    et[c * R + i] = et[c * R + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc * (ta * tt[c * R + i] + tb);
+            } else {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++)
+                    et[c * R + i] = et[c * R + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc;
+            }
+        }
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            if (masked[i]) {
+                for (Py_ssize_t c = 0; c < n; c++)
+                    et[c * R + i] = 0;   /* even against NaN logits */
+            } else if (index) {
+                et[yi[i] * R + i] = (CE_REAL)gy[i];
+            }
+        }
+    }
+    CE_REAL *g = (CE_REAL *)p->g.data + r0 * n;
+    for (Py_ssize_t i = 0; i < nr; i++)
+        for (Py_ssize_t c = 0; c < n; c++)
+            g[i * n + c] = et[c * R + i];
+    return total;
 }
 
 /* Rows [b * block_rows, ...) of the problem; adds their losses in row order
