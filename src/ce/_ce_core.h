@@ -259,6 +259,32 @@ static Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_
 #undef CE_SUFFIX
 #undef CE_EXP
 
+/* ---- memory bandwidth probe, for the benchmark's percent-of-bandwidth ---- */
+
+CE_DISPATCH double ce_probe_read(const double *a, Py_ssize_t n)
+{
+    /* four independent sums so that the add latency never limits the reads */
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    Py_ssize_t n4 = n - n % 4;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (Py_ssize_t i = 0; i < n4; i += 4) {
+        s0 += a[i];
+        s1 += a[i + 1];
+        s2 += a[i + 2];
+        s3 += a[i + 3];
+    }
+    for (Py_ssize_t i = n4; i < n; i++)
+        s0 += a[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+CE_DISPATCH void ce_probe_write(double *a, Py_ssize_t n, double v)
+{
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < n; i++)
+        a[i] = v;
+}
+
 static const char *ce_simd_level(void)
 {
 #if CE_HAVE_DISPATCH

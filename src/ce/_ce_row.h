@@ -366,9 +366,7 @@ CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t 
     CE_FN(ce_transpose_in)(xt, (const CE_REAL *)p->x.data + r0 * n, nr, n);
     if (dense)
         CE_FN(ce_transpose_in)(tt, (const CE_REAL *)p->t.data + r0 * n, nr, n);
-#pragma omp simd
-    for (Py_ssize_t i = 0; i < nr; i++)
-        m[i] = xt[i];
+    memcpy(m, xt, (size_t)nr * sizeof(CE_REAL));
     for (Py_ssize_t c = 1; c < n; c++) {
 #pragma omp simd
         for (Py_ssize_t i = 0; i < nr; i++)
@@ -390,9 +388,7 @@ CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t 
         if (index)
             et[yi[i] * R + i] = 0;
     }
-#pragma omp simd
-    for (Py_ssize_t i = 0; i < nr; i++)
-        acc[i] = 0;
+    memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
     for (Py_ssize_t c = 0; c < n; c++) {
 #pragma omp simd
         for (Py_ssize_t i = 0; i < nr; i++)
@@ -415,9 +411,8 @@ CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t 
 
     /* per row: the smoothing sum, or the dense target's weighted sums */
     if (dense || eps > 0) {
-#pragma omp simd
-        for (Py_ssize_t i = 0; i < nr; i++)
-            acc[i] = tacc[i] = 0;
+        memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
+        memset(tacc, 0, (size_t)nr * sizeof(CE_REAL));
         for (Py_ssize_t c = 0; c < n; c++) {
             CE_REAL wc = w ? w[c] : (CE_REAL)1;
             if (dense) {

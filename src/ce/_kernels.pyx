@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Compiled kernels of ce: one call runs one problem over fixed blocks of rows.
 
 The arithmetic is in _ce_core.h / _ce_row.h (static inline C that gcc
@@ -13,7 +13,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 from libc.math cimport NAN
 
 cnp.import_array()
@@ -27,6 +27,8 @@ cdef extern from "_ce_core.h" nogil:
     int ce_max_threads()
     int ce_have_openmp()
     const char *ce_simd_level()
+    double ce_probe_read(const double *a, Py_ssize_t n)
+    void ce_probe_write(double *a, Py_ssize_t n, double v)
     void ce_block_f32(ce_problem *p, Py_ssize_t b)
     void ce_block_f64(ce_problem *p, Py_ssize_t b)
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
@@ -60,6 +62,29 @@ def have_openmp():
 
 def simd_level():
     return ce_simd_level().decode()
+
+
+def probe_bandwidth(str kind, double[::1] a, double[::1] b, int n_threads):
+    """Touch the float64 buffers in parallel chunks: kind "read" sums a, "write"
+    fills a, "copy" copies a into b. For the benchmark's bandwidth figures."""
+    cdef Py_ssize_t n = a.shape[0], t, lo, hi, chunk
+    cdef int threads = n_threads if n_threads > 0 else ce_max_threads()
+    cdef int k = 0 if kind == "read" else (1 if kind == "write" else 2)
+    cdef double total = 0.0
+    if k == 2 and b.shape[0] < n:
+        raise ValueError("b is shorter than a")
+    chunk = (n + threads - 1) // threads
+    for t in prange(threads, nogil=True, num_threads=threads, schedule="static"):
+        lo = t * chunk
+        hi = lo + chunk if lo + chunk < n else n
+        if lo < hi:
+            if k == 0:
+                total += ce_probe_read(&a[lo], hi - lo)
+            elif k == 1:
+                ce_probe_write(&a[lo], hi - lo, 1.0)
+            else:
+                memcpy(&b[lo], &a[lo], (hi - lo) * sizeof(double))
+    return total
 
 
 cdef inline Py_ssize_t block_rows_for(Py_ssize_t n_classes) noexcept nogil:
