@@ -85,12 +85,22 @@ CE_INLINE double CE_FN(ce_sum_dense)(const CE_REAL *x, const CE_REAL *t, const C
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_CHUNK) {
         Py_ssize_t c1 = c0 + CE_CHUNK < n ? c0 + CE_CHUNK : n;
         CE_REAL part = 0, tpart = 0;
+        if (w) {
 #pragma omp simd reduction(+ : part, tpart)
-        for (Py_ssize_t c = c0; c < c1; c++) {
-            CE_REAL tw = (a * t[c] + b) * (w ? w[c] : (CE_REAL)1);
-            CE_REAL term = tw * (m - x[c]);
-            part += tw == 0 ? (CE_REAL)0 : term;
-            tpart += tw;
+            for (Py_ssize_t c = c0; c < c1; c++) {
+                CE_REAL tw = (a * t[c] + b) * w[c];
+                CE_REAL term = tw * (m - x[c]);
+                part += tw == 0 ? (CE_REAL)0 : term;
+                tpart += tw;
+            }
+        } else {
+#pragma omp simd reduction(+ : part, tpart)
+            for (Py_ssize_t c = c0; c < c1; c++) {
+                CE_REAL tw = a * t[c] + b;
+                CE_REAL term = tw * (m - x[c]);
+                part += tw == 0 ? (CE_REAL)0 : term;
+                tpart += tw;
+            }
         }
         s += part;
         tot += tpart;
@@ -117,9 +127,15 @@ CE_INLINE void CE_FN(ce_scale)(CE_REAL *g, const CE_REAL *w, Py_ssize_t n, CE_RE
 CE_INLINE void CE_FN(ce_scale_dense)(CE_REAL *g, const CE_REAL *t, const CE_REAL *w, Py_ssize_t n,
                                      CE_REAL k1, CE_REAL k2, CE_REAL a, CE_REAL b)
 {
+    if (w) {
 #pragma omp simd
-    for (Py_ssize_t c = 0; c < n; c++)
-        g[c] = g[c] * k1 - k2 * (w ? w[c] : (CE_REAL)1) * (a * t[c] + b);
+        for (Py_ssize_t c = 0; c < n; c++)
+            g[c] = g[c] * k1 - k2 * w[c] * (a * t[c] + b);
+    } else {
+#pragma omp simd
+        for (Py_ssize_t c = 0; c < n; c++)
+            g[c] = g[c] * k1 - k2 * (a * t[c] + b);
+    }
 }
 
 /* g[c] = exp(x[c] - lse) * k1 - k2 * w[c] over [lo, hi); returns the sum of the exps */
@@ -130,11 +146,20 @@ CE_INLINE double CE_FN(ce_grad_from_lse)(const CE_REAL *x, CE_REAL *g, const CE_
     for (Py_ssize_t c0 = lo; c0 < hi; c0 += CE_CHUNK) {
         Py_ssize_t c1 = c0 + CE_CHUNK < hi ? c0 + CE_CHUNK : hi;
         CE_REAL part = 0;
+        if (w) {
 #pragma omp simd reduction(+ : part)
-        for (Py_ssize_t c = c0; c < c1; c++) {
-            CE_REAL e = CE_EXP(x[c] - lse);
-            part += e;
-            g[c] = e * k1 - k2 * (w ? w[c] : (CE_REAL)1);
+            for (Py_ssize_t c = c0; c < c1; c++) {
+                CE_REAL e = CE_EXP(x[c] - lse);
+                part += e;
+                g[c] = e * k1 - k2 * w[c];
+            }
+        } else {
+#pragma omp simd reduction(+ : part)
+            for (Py_ssize_t c = c0; c < c1; c++) {
+                CE_REAL e = CE_EXP(x[c] - lse);
+                part += e;
+                g[c] = e * k1 - k2;
+            }
         }
         s += part;
     }
@@ -326,118 +351,118 @@ CE_INLINE void CE_FN(ce_gather)(CE_REAL *dst, const CE_REAL *src, Py_ssize_t n, 
     }
 }
 
-/* Few classes (C <= CE_SMALL_C), contiguous rows: row-wise loops would be all
-   prologue, epilogue and dependency chains, so a block of rows is transposed
-   into a class-major tile (class c of row i at c * CE_SMALL_ROWS + i) and every
-   step (max, exp, sums, log, gradient) is a loop across rows that vectorizes. */
-static int CE_FN(ce_small_ok)(const ce_problem *p)
+/* The class-major kernel. Row-wise loops are all prologue, epilogue and
+   dependency chains when C is small, and need a strided gather when the class
+   axis is not last (N, C, H, W). Both are served by one kernel on a stripe of
+   rows stored class-major: class c of row i at base[c * stride + i], so every
+   step (max, exp, sums, log, gradient) is a loop across rows that vectorizes.
+   Small C gets there by transposing a block into a tile; an (N, C, H, W) array
+   already is laid out that way and is read and written in place. */
+static int CE_FN(ce_columns_ok)(const ce_problem *p)
 {
     const Py_ssize_t n = p->n_classes;
-    return n <= CE_SMALL_C && p->from_logits && p->mode != CE_MODE_GRAD_LSE && p->softcap == 0
-        && (p->target_kind != CE_TARGET_NONE || p->mode != CE_MODE_FUSED)
-        && p->inner == 1 && p->x.s_class == 1 && p->x.s_outer == n
-        && (p->target_kind != CE_TARGET_DENSE || (p->t.s_class == 1 && p->t.s_outer == n))
-        && (p->g.data == NULL || (p->g.s_class == 1 && p->g.s_outer == n))
-        && p->block_rows <= CE_SMALL_ROWS;
+    if (!p->from_logits || p->mode == CE_MODE_GRAD_LSE || p->softcap != 0
+        || (p->target_kind == CE_TARGET_NONE && p->mode == CE_MODE_FUSED)
+        || p->block_rows > CE_SMALL_ROWS || n > (1 << 24))
+        return 0;
+    if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile */
+        return n <= CE_SMALL_C && p->x.s_class == 1 && p->x.s_outer == n
+            && (p->target_kind != CE_TARGET_DENSE || (p->t.s_class == 1 && p->t.s_outer == n))
+            && (p->g.data == NULL || (p->g.s_class == 1 && p->g.s_outer == n));
+    /* class axis not last: rows of one outer index are contiguous per class */
+    return p->x.s_inner == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_inner == 1)
+        && (p->g.data == NULL || p->g.s_inner == 1);
 }
 
-CE_INLINE void CE_FN(ce_transpose_in)(CE_REAL *dst, const CE_REAL *src, Py_ssize_t nr, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < nr; i++)
-        for (Py_ssize_t c = 0; c < n; c++)
-            dst[c * CE_SMALL_ROWS + i] = src[i * n + c];
-}
-
-CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r1)
+/* rows r0 .. r0 + nr - 1 (nr <= CE_SMALL_ROWS) held class-major in x (and t,
+   and g when the mode writes one), with class strides xs, ts, gs. */
+CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, const CE_REAL *x,
+                                   Py_ssize_t xs, const CE_REAL *t, Py_ssize_t ts, CE_REAL *g,
+                                   Py_ssize_t gs)
 {
     enum { R = CE_SMALL_ROWS };
-    const Py_ssize_t n = p->n_classes, nr = r1 - r0;
+    const Py_ssize_t n = p->n_classes;
     const CE_REAL *w = (const CE_REAL *)p->class_weight;
-    const int fused = p->mode == CE_MODE_FUSED, dense = p->target_kind == CE_TARGET_DENSE;
-    const int index = p->target_kind == CE_TARGET_INDEX;
+    const int mode = p->mode, fused = mode == CE_MODE_FUSED;
+    const int dense = p->target_kind == CE_TARGET_DENSE, index = p->target_kind == CE_TARGET_INDEX;
+    const int store = fused || mode == CE_MODE_SOFTMAX;
     const double eps = p->smoothing, z = p->z_loss, W = p->class_weight_sum;
     const CE_REAL ta = (CE_REAL)(1.0 - eps), tb = (CE_REAL)(eps / (double)n);
-    CE_REAL xt[CE_SMALL_C * R], et[CE_SMALL_C * R], tt[CE_SMALL_C * R];
-    CE_REAL m[R], ey[R], xy[R], acc[R], tacc[R];
-    double so[R], tot[R], lg[R], k1[R], k2[R], gy[R];
+    CE_REAL m[R], yf[R], xy[R], ey[R], acc[R], sacc[R], tacc[R];
+    double tot[R], lg[R], lse[R], loss[R], k1[R], k2[R], gy[R];
     Py_ssize_t yi[R];
     unsigned char masked[R];
 
-    CE_FN(ce_transpose_in)(xt, (const CE_REAL *)p->x.data + r0 * n, nr, n);
-    if (dense)
-        CE_FN(ce_transpose_in)(tt, (const CE_REAL *)p->t.data + r0 * n, nr, n);
-    memcpy(m, xt, (size_t)nr * sizeof(CE_REAL));
+    memcpy(m, x, (size_t)nr * sizeof(CE_REAL));
     for (Py_ssize_t c = 1; c < n; c++) {
 #pragma omp simd
         for (Py_ssize_t i = 0; i < nr; i++)
-            m[i] = xt[c * R + i] > m[i] ? xt[c * R + i] : m[i];
+            m[i] = x[c * xs + i] > m[i] ? x[c * xs + i] : m[i];
     }
-    for (Py_ssize_t c = 0; c < n; c++) {
-#pragma omp simd
-        for (Py_ssize_t i = 0; i < nr; i++)
-            et[c * R + i] = CE_EXP(xt[c * R + i] - m[i]);
-    }
-    /* the target's exp is set aside so that the column sum is the other classes' */
     for (Py_ssize_t i = 0; i < nr; i++) {
-        int64_t y = index ? p->labels[r0 + i] : 0;
+        int64_t y = index ? p->labels[r0 + i] : -1;
         double sw = p->row_weight ? p->row_weight[r0 + i] : 1.0;
         masked[i] = sw == 0.0 || (index && y == p->ignore_index);
-        yi[i] = !index || y == p->ignore_index ? 0 : (Py_ssize_t)y;
-        ey[i] = index ? et[yi[i] * R + i] : 0;
-        xy[i] = xt[yi[i] * R + i];
-        if (index)
-            et[yi[i] * R + i] = 0;
+        yi[i] = index && !masked[i] ? (Py_ssize_t)y : 0;
+        yf[i] = index && !masked[i] ? (CE_REAL)y : (CE_REAL)-1;   /* exact: n <= 2^24 */
+        xy[i] = x[yi[i] * xs + i];
     }
-    memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
-    for (Py_ssize_t c = 0; c < n; c++) {
-#pragma omp simd
-        for (Py_ssize_t i = 0; i < nr; i++)
-            acc[i] += et[c * R + i];
-    }
-#pragma omp simd
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        double a = (double)ey[i], b = (double)acc[i], s = a + b, bb = s - a;
-        so[i] = b;
-        tot[i] = s;
-        lg[i] = ((a - (s - bb)) + (b - bb)) / s;   /* TwoSum error of a + b, as in ce_log_sum2 */
-    }
-#pragma omp simd
-    for (Py_ssize_t i = 0; i < nr; i++)
-        lg[i] += ce_log_d(tot[i]);
-    if (index) {
-        for (Py_ssize_t i = 0; i < nr; i++)
-            et[yi[i] * R + i] = ey[i];
-    }
-
-    /* per row: the smoothing sum, or the dense target's weighted sums */
+    /* sums that need the logits themselves, before g (which may be x) is written */
     if (dense || eps > 0) {
-        memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
+        memset(sacc, 0, (size_t)nr * sizeof(CE_REAL));
         memset(tacc, 0, (size_t)nr * sizeof(CE_REAL));
         for (Py_ssize_t c = 0; c < n; c++) {
             CE_REAL wc = w ? w[c] : (CE_REAL)1;
             if (dense) {
 #pragma omp simd
                 for (Py_ssize_t i = 0; i < nr; i++) {
-                    CE_REAL tw = (ta * tt[c * R + i] + tb) * wc;
-                    CE_REAL term = tw * (m[i] - xt[c * R + i]);
-                    acc[i] += tw == 0 ? (CE_REAL)0 : term;
+                    CE_REAL tw = (ta * t[c * ts + i] + tb) * wc;
+                    CE_REAL term = tw * (m[i] - x[c * xs + i]);
+                    sacc[i] += tw == 0 ? (CE_REAL)0 : term;   /* xlogy: 0 * inf is 0 */
                     tacc[i] += tw;
                 }
             } else {
 #pragma omp simd
                 for (Py_ssize_t i = 0; i < nr; i++)
-                    acc[i] += wc * (m[i] - xt[c * R + i]);
+                    sacc[i] += wc * (m[i] - x[c * xs + i]);
             }
         }
     }
-
-    double lse[R], loss[R];
+    /* the other classes' exp sum: the target's own term is left out here */
+    memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
+    for (Py_ssize_t c = 0; c < n; c++) {
+        const CE_REAL cf = (CE_REAL)c;
+        if (store) {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < nr; i++) {
+                CE_REAL e = CE_EXP(x[c * xs + i] - m[i]);
+                g[c * gs + i] = e;
+                acc[i] += cf == yf[i] ? (CE_REAL)0 : e;
+            }
+        } else {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < nr; i++) {
+                CE_REAL e = CE_EXP(x[c * xs + i] - m[i]);
+                acc[i] += cf == yf[i] ? (CE_REAL)0 : e;
+            }
+        }
+    }
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++)
+        ey[i] = yf[i] >= 0 ? CE_EXP(xy[i] - m[i]) : (CE_REAL)0;
 #pragma omp simd
     for (Py_ssize_t i = 0; i < nr; i++) {
+        double a = (double)ey[i], b = (double)acc[i], s = a + b, bb = s - a;
+        tot[i] = s;
+        lg[i] = ((a - (s - bb)) + (b - bb)) / s;   /* TwoSum error of a + b, as in ce_log_sum2 */
+    }
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        lg[i] += ce_log_d(tot[i]);
         lse[i] = (double)m[i] + lg[i];
         loss[i] = ((double)m[i] - (double)xy[i]) + lg[i];   /* the plain nll; exact when y is the argmax */
     }
-    const int plain = !dense && eps == 0 && z == 0 && !w && !p->row_weight;
+    const int plain = index && eps == 0 && z == 0 && !w && !p->row_weight;
     for (Py_ssize_t i = 0; i < nr; i++) {
         Py_ssize_t r = r0 + i;
         if (masked[i] || !(index || dense)) {
@@ -447,17 +472,11 @@ CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t 
         if (plain)
             continue;
         double sw = p->row_weight ? p->row_weight[r] : 1.0;
-        double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
         if (dense) {
-            double T = (double)tacc[i];
-            loss[i] = sw * ((double)acc[i] + T * lg[i] + z * lse[i] * lse[i]);
-            if (fused) {
-                k1[i] = gi * (T + 2.0 * z * lse[i]) / tot[i];
-                k2[i] = gi;
-            }
+            loss[i] = sw * ((double)sacc[i] + (double)tacc[i] * lg[i] + z * lse[i] * lse[i]);
         } else {
             double w_y = w ? (double)w[yi[i]] : 1.0;
-            double smooth = eps > 0 ? (double)acc[i] + W * lg[i] : 0.0;
+            double smooth = eps > 0 ? (double)sacc[i] + W * lg[i] : 0.0;
             loss[i] = sw * ((1.0 - eps) * w_y * loss[i] + eps / (double)n * smooth + z * w_y * lse[i] * lse[i]);
         }
     }
@@ -471,7 +490,7 @@ CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t 
     if (p->row_argmax) {
         for (Py_ssize_t i = 0; i < nr; i++) {
             Py_ssize_t c = 0;
-            while (c < n - 1 && xt[c * R + i] != m[i])
+            while (c < n - 1 && x[c * xs + i] != m[i])
                 c++;
             p->row_argmax[r0 + i] = c;
         }
@@ -479,68 +498,110 @@ CE_INLINE double CE_FN(ce_block_small)(ce_problem *p, Py_ssize_t r0, Py_ssize_t 
     if (p->row_rank) {
         for (Py_ssize_t i = 0; i < nr; i++) {
             int64_t k = 0;
-            for (Py_ssize_t c = 0; c < n && !masked[i] && !dense; c++)
-                k += xt[c * R + i] > xy[i];
+            for (Py_ssize_t c = 0; c < n && index && !masked[i]; c++)
+                k += x[c * xs + i] > xy[i];
             p->row_rank[r0 + i] = k;
         }
     }
-    if (fused && index) {
-        for (Py_ssize_t i = 0; i < nr; i++) {
-            Py_ssize_t r = r0 + i;
-            double sw = p->row_weight ? p->row_weight[r] : 1.0;
-            double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
-            double w_y = w ? (double)w[yi[i]] : 1.0;
-            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse[i];
-            double inv = 1.0 / tot[i];
-            k1[i] = gi * A * inv;
-            k2[i] = gi * eps / (double)n;
-            /* p_y - 1 = -s_other / s: the other classes' sum, never 1 - p_y */
-            gy[i] = gi * (-A * so[i] * inv + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse[i]);
-        }
-    }
-    if (p->mode == CE_MODE_FORWARD)
+    if (mode == CE_MODE_FORWARD)
         return total;
-    if (p->mode == CE_MODE_SOFTMAX) {
+
+    if (mode == CE_MODE_SOFTMAX) {
         for (Py_ssize_t i = 0; i < nr; i++)
             k1[i] = 1.0 / tot[i];
         for (Py_ssize_t c = 0; c < n; c++) {
 #pragma omp simd
             for (Py_ssize_t i = 0; i < nr; i++)
-                et[c * R + i] *= (CE_REAL)k1[i];
+                g[c * gs + i] *= (CE_REAL)k1[i];
         }
-    } else if (p->mode == CE_MODE_LOG_SOFTMAX) {
+        return total;
+    }
+    if (mode == CE_MODE_LOG_SOFTMAX) {
         for (Py_ssize_t c = 0; c < n; c++) {
 #pragma omp simd
             for (Py_ssize_t i = 0; i < nr; i++)
-                et[c * R + i] = xt[c * R + i] - (CE_REAL)lse[i];
+                g[c * gs + i] = x[c * xs + i] - (CE_REAL)lse[i];
+        }
+        return total;
+    }
+    /* fused: g holds exp(x - m); scale each row, then set the target entries */
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        Py_ssize_t r = r0 + i;
+        double sw = p->row_weight ? p->row_weight[r] : 1.0;
+        double gi = masked[i] ? 0.0 : p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
+        double inv = 1.0 / tot[i];
+        if (dense) {
+            k1[i] = gi * ((double)tacc[i] + 2.0 * z * lse[i]) * inv;
+            k2[i] = gi;
+        } else {
+            double w_y = w ? (double)w[yi[i]] : 1.0;
+            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse[i];
+            double so = (double)acc[i];
+            k1[i] = gi * A * inv;
+            k2[i] = gi * eps / (double)n;
+            /* p_y - 1 = -s_other / s: the other classes' sum, never 1 - p_y */
+            gy[i] = gi * (-A * so * inv + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse[i]);
         }
     }
-    if (fused) {
-        for (Py_ssize_t c = 0; c < n; c++) {
-            CE_REAL wc = w ? w[c] : (CE_REAL)1;
-            if (dense) {
+    for (Py_ssize_t c = 0; c < n; c++) {
+        CE_REAL wc = w ? w[c] : (CE_REAL)1;
+        if (dense) {
 #pragma omp simd
-                for (Py_ssize_t i = 0; i < nr; i++)
-                    et[c * R + i] = et[c * R + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc * (ta * tt[c * R + i] + tb);
-            } else {
+            for (Py_ssize_t i = 0; i < nr; i++)
+                g[c * gs + i] = g[c * gs + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc * (ta * t[c * ts + i] + tb);
+        } else {
 #pragma omp simd
-                for (Py_ssize_t i = 0; i < nr; i++)
-                    et[c * R + i] = et[c * R + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc;
-            }
-        }
-        for (Py_ssize_t i = 0; i < nr; i++) {
-            if (masked[i]) {
-                for (Py_ssize_t c = 0; c < n; c++)
-                    et[c * R + i] = 0;   /* even against NaN logits */
-            } else if (index) {
-                et[yi[i] * R + i] = (CE_REAL)gy[i];
-            }
+            for (Py_ssize_t i = 0; i < nr; i++)
+                g[c * gs + i] = g[c * gs + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc;
         }
     }
-    CE_REAL *g = (CE_REAL *)p->g.data + r0 * n;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        if (masked[i]) {
+            for (Py_ssize_t c = 0; c < n; c++)
+                g[c * gs + i] = 0;   /* even against NaN logits */
+        } else if (index) {
+            g[yi[i] * gs + i] = (CE_REAL)gy[i];
+        }
+    }
+    return total;
+}
+
+CE_INLINE void CE_FN(ce_transpose)(CE_REAL *dst, Py_ssize_t ds, Py_ssize_t dc, const CE_REAL *src,
+                                   Py_ssize_t ss, Py_ssize_t sc, Py_ssize_t nr, Py_ssize_t n)
+{
     for (Py_ssize_t i = 0; i < nr; i++)
         for (Py_ssize_t c = 0; c < n; c++)
-            g[i * n + c] = et[c * R + i];
+            dst[i * ds + c * dc] = src[i * ss + c * sc];
+}
+
+/* rows [r0, r1) of the block through the class-major kernel */
+CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r1)
+{
+    enum { R = CE_SMALL_ROWS };
+    const Py_ssize_t n = p->n_classes, inner = p->inner;
+    const int dense = p->target_kind == CE_TARGET_DENSE, has_g = p->g.data != NULL;
+    if (inner == 1) {
+        CE_REAL xt[CE_SMALL_C * R], tt[CE_SMALL_C * R], gt[CE_SMALL_C * R];
+        Py_ssize_t nr = r1 - r0;
+        CE_FN(ce_transpose)(xt, 1, R, (const CE_REAL *)p->x.data + r0 * n, n, 1, nr, n);
+        if (dense)
+            CE_FN(ce_transpose)(tt, 1, R, (const CE_REAL *)p->t.data + r0 * n, n, 1, nr, n);
+        double total = CE_FN(ce_columns)(p, r0, nr, xt, R, tt, R, has_g ? gt : NULL, R);
+        if (has_g)
+            CE_FN(ce_transpose)((CE_REAL *)p->g.data + r0 * n, n, 1, gt, 1, R, nr, n);
+        return total;
+    }
+    double total = 0.0;
+    for (Py_ssize_t r = r0; r < r1;) {   /* one stripe per outer index */
+        Py_ssize_t o = r / inner, i0 = r % inner;
+        Py_ssize_t nr = inner - i0 < r1 - r ? inner - i0 : r1 - r;
+        const CE_REAL *x = (const CE_REAL *)p->x.data + o * p->x.s_outer + i0;
+        const CE_REAL *t = dense ? (const CE_REAL *)p->t.data + o * p->t.s_outer + i0 : NULL;
+        CE_REAL *g = has_g ? (CE_REAL *)p->g.data + o * p->g.s_outer + i0 : NULL;
+        total += CE_FN(ce_columns)(p, r, nr, x, p->x.s_class, t, dense ? p->t.s_class : 0, g,
+                                   has_g ? p->g.s_class : 0);
+        r += nr;
+    }
     return total;
 }
 
@@ -560,8 +621,8 @@ CE_DISPATCH void CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
     const int tile_t = has_t && p->t.s_class != 1;
     const int tile_g = has_g && (p->g.s_class != 1 || tile_x);
     CE_REAL *scratch = NULL;
-    if (CE_FN(ce_small_ok)(p)) {
-        double acc = CE_FN(ce_block_small)(p, r0, r1);
+    if (CE_FN(ce_columns_ok)(p)) {
+        double acc = CE_FN(ce_block_columns)(p, r0, r1);
         if (p->block_loss)
             p->block_loss[b] = acc;
         CE_FTZ_OFF(csr);

@@ -49,6 +49,8 @@ DEF PARALLEL_MIN_ELEMENTS = 32768
 # Rows per block: about this many logits, at most MAX_BLOCK_ROWS rows.
 DEF BLOCK_ELEMENTS = 16384
 DEF MAX_BLOCK_ROWS = 256
+# Class axis not last: logits per stripe of rows (fits in L2).
+DEF STRIPE_ELEMENTS = 131072
 
 
 def max_threads():
@@ -87,10 +89,15 @@ def probe_bandwidth(str kind, double[::1] a, double[::1] b, int n_threads):
     return total
 
 
-cdef inline Py_ssize_t block_rows_for(Py_ssize_t n_classes) noexcept nogil:
-    cdef Py_ssize_t rows = BLOCK_ELEMENTS // (n_classes if n_classes > 0 else 1)
-    if rows < 1:
-        return 1
+cdef inline Py_ssize_t block_rows_for(Py_ssize_t n_classes, Py_ssize_t inner) noexcept nogil:
+    """Rows per block, a function of the shape only (so of no thread count).
+    Row-major rows: about BLOCK_ELEMENTS logits a block. Class axis not last:
+    wider stripes, since each class loop runs across the block's rows."""
+    cdef Py_ssize_t c = n_classes if n_classes > 0 else 1
+    cdef Py_ssize_t rows = (BLOCK_ELEMENTS if inner == 1 else STRIPE_ELEMENTS) // c
+    cdef Py_ssize_t low = 1 if inner == 1 else 16
+    if rows < low:
+        return low
     if rows > MAX_BLOCK_ROWS:
         return MAX_BLOCK_ROWS
     return rows
@@ -155,7 +162,7 @@ cdef inline void init_rows(ce_problem *p, char *data, Py_ssize_t n_rows, Py_ssiz
     p.n_rows = n_rows
     p.n_classes = n_classes
     p.inner = 1
-    p.block_rows = block_rows_for(n_classes)
+    p.block_rows = block_rows_for(n_classes, 1)
     p.mode = mode
     p.target_kind = target_kind
     p.from_logits = 1
@@ -362,7 +369,7 @@ def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object lab
     p.n_rows = shape[0] * shape[2]
     p.n_classes = shape[1]
     p.inner = shape[2]
-    p.block_rows = block_rows_for(p.n_classes)
+    p.block_rows = block_rows_for(p.n_classes, p.inner)
     p.mode = mode
     p.target_kind = target_kind
     p.from_logits = from_logits
