@@ -6,6 +6,7 @@ becomes either int64 labels of length N (validated) or a dense view like the
 logits, and the options are checked and resolved, all before any output is
 touched.
 """
+import math
 import operator
 
 import numpy as np
@@ -38,6 +39,8 @@ def as_logits(x, name="logits"):
 
 def class_axes(axis, ndim, name="axis"):
     """Normalise an int or tuple of ints into a sorted tuple of axes."""
+    if type(axis) is int and -ndim <= axis < ndim:
+        return (axis % ndim,)
     axes = axis if isinstance(axis, tuple) else (axis,)
     out = []
     for a in axes:
@@ -61,6 +64,13 @@ def rows_view(a, axes):
     """(outer, C, inner) view of `a` with the class axes in the middle; a copy
     only when no such strided view exists. Also returns the per-example shape."""
     nd = a.ndim
+    if axes == (nd - 1,):  # the common case, class axis last
+        rest = a.shape[:-1]
+        v = a.reshape(math.prod(rest), a.shape[-1], 1)
+        st, item = v.strides, v.itemsize
+        if st[0] % item or st[1] % item or not v.flags.aligned:
+            v = np.ascontiguousarray(v)
+        return v, rest
     rest = tuple(d for i, d in enumerate(a.shape) if i not in axes)
     n_classes = 1
     for i in axes:
@@ -120,13 +130,15 @@ def check_reduction(reduction):
 def check_float(value, name, lo=None, hi=None, allow_none=False):
     if value is None and allow_none:
         return None
+    if type(value) is float and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
-    if np.isnan(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+    if math.isnan(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
         rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be in {rng}, got {value!r}")
     return v
@@ -267,7 +279,7 @@ def new_output(p, dtype):
     """A fresh gradient-shaped array and its (outer, C, inner) view, never a copy."""
     if p.axes == tuple(range(p.axes[0], p.axes[-1] + 1)):
         g = np.empty(p.shape, dtype=dtype)
-        return g, rows_view(g, p.axes)[0]
+        return g, g.reshape(p.x.shape)  # C-ordered: always a view
     nd, k = len(p.shape), len(p.axes)
     moved = np.empty(moved_shape(p.shape, p.axes), dtype=dtype)
     view = moved.reshape(p.x.shape)

@@ -1,4 +1,6 @@
 """The public cross-entropy functions: normalise once, one kernel run, reduce."""
+import math
+
 import numpy as np
 
 from . import _kernels
@@ -62,8 +64,9 @@ def _reduce(p, total, denom, row_loss):
         return row_loss.reshape(p.rest).astype(p.dtype)
     if p.reduction == "sum":
         return p.dtype.type(total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return p.dtype.type(np.float64(total) / np.float64(denom))
+    if denom == 0:  # a mean over nothing: 0/0 is NaN (PyTorch's answer too)
+        return p.dtype.type(math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total))
+    return p.dtype.type(total / denom)
 
 
 def _run(p, mode, g=None, row_grad=None, scale=1.0, lse_in=None, row_loss=None, row_lse=None):
