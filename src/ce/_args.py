@@ -37,6 +37,12 @@ def as_logits(x, name="logits"):
     return x, x.dtype
 
 
+def same_dtype(a, b):
+    """Equal up to byte order (out= may be the logits themselves, '>f4' included)."""
+    return a == b or (a.kind == b.kind and a.itemsize == b.itemsize
+                      and a.newbyteorder("=") == b.newbyteorder("="))
+
+
 def class_axes(axis, ndim, name="axis"):
     """Normalise an int or tuple of ints into a sorted tuple of axes."""
     if type(axis) is int and -ndim <= axis < ndim:
@@ -291,12 +297,14 @@ def output_for(p, out, name="out"):
     kernel writes, array to copy into `out` afterwards or None)."""
     if out is None:
         g, view = new_output(p, p.x.dtype)
+        if p.dtype != p.x.dtype:  # float16: computed in float32, returned as float16
+            return np.empty(p.shape, dtype=p.dtype), view, g
         return g, view, None
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
     if out.shape != p.shape:
         raise ValueError(f"{name} must have the logits' shape {p.shape}, got {out.shape}")
-    if out.dtype != p.dtype:
+    if not same_dtype(out.dtype, p.dtype):
         raise TypeError(f"{name} must have the logits' dtype {p.dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
@@ -306,5 +314,5 @@ def output_for(p, out, name="out"):
         view = rows_view(out, p.axes)[0]
         if np.may_share_memory(view, out):
             return out, view, None
-    g, view = new_output(p, p.x.dtype)  # float16, or a layout no view describes
+    g, view = new_output(p, p.x.dtype)  # float16, byte-swapped, or a layout no view describes
     return out, view, g
