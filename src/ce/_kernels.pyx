@@ -18,6 +18,8 @@ from libc.math cimport NAN
 
 cnp.import_array()
 
+import numpy as np
+
 cdef extern from "numpy/arrayobject.h":
     object PyArray_Scalar(void *data, cnp.PyArray_Descr *descr, object base)
 
@@ -271,22 +273,43 @@ cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_class
     return 0 if solve_summed(&p, 1, n_threads) == 0.0 else -1
 
 
-cdef object plain_mean(object logits, object target, bint fused):
-    """Mean loss (and gradient) of the plain call: C-ordered 2-D float logits,
-    1-D int64 labels, every option at its default. Returns None for anything
-    else, so the general path does the work and raises every error. Small
+cdef object plain_call(object logits, object target, object reduction, object ignore_index,
+                       object smoothing, object grad_output, bint fused):
+    """The common call, argument checks and all, without the Python layer:
+    C-ordered 2-D float logits, 1-D int64 labels, reduction mean/sum/none,
+    an int ignore_index, a float label_smoothing in [0, 1], a float grad_output;
+    everything else at its default. Returns None for anything else (or a bad
+    label), so the general path does the work and raises every error. Small
     problems keep the GIL: releasing it costs more than the work."""
-    cdef cnp.ndarray x, t, g = None
+    cdef cnp.ndarray x, t, g = None, rows = None
     cdef ce_problem p
-    cdef double total = 0.0, count_w = 0.0
+    cdef double total = 0.0, count_w = 0.0, eps, go
     cdef double stack_partial[64]
     cdef double *partial
     cdef Py_ssize_t n, c, bad, count = 0, n_blocks, b
-    cdef int typenum, status
+    cdef int typenum, status, red
+    cdef int64_t ignore
     cdef float loss32
     cdef double loss64
     if type(logits) is not cnp.ndarray or type(target) is not cnp.ndarray:
         return None
+    if type(smoothing) is not float or type(grad_output) is not float or type(ignore_index) is not int:
+        return None
+    eps = smoothing
+    go = grad_output
+    if not (0.0 <= eps <= 1.0) or not (-9223372036854775807 <= ignore_index <= 9223372036854775807):
+        return None
+    ignore = ignore_index
+    if reduction == "mean":
+        red = 0
+    elif reduction == "sum":
+        red = 1
+    elif reduction == "none":
+        red = 2
+    else:
+        return None
+    if red == 2 and fused:
+        return None  # "none" with a gradient: the general path handles grad_output arrays
     x = <cnp.ndarray>logits
     t = <cnp.ndarray>target
     if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(t) != 1:
@@ -300,20 +323,27 @@ cdef object plain_mean(object logits, object target, bint fused):
     c = cnp.PyArray_DIM(x, 1)
     if n == 0 or c == 0 or cnp.PyArray_DIM(t, 0) != n:
         return None
-    bad = ce_check_labels(<const int64_t *>cnp.PyArray_DATA(t), n, c, -100, NULL, NULL,
+    bad = ce_check_labels(<const int64_t *>cnp.PyArray_DATA(t), n, c, ignore, NULL, NULL,
                           &count_w, &count)
     if bad >= 0:
         return None
     init_rows(&p, <char *>cnp.PyArray_DATA(x), n, c, c, CE_MODE_FORWARD, CE_TARGET_INDEX)
     p.labels = <const int64_t *>cnp.PyArray_DATA(t)
-    p.ignore_index = -100
+    p.ignore_index = ignore
+    p.smoothing = eps
+    if red == 2:
+        rows = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(x), cnp.NPY_DOUBLE, 0)
+        p.row_loss = <double *>cnp.PyArray_DATA(rows)
     if fused:
         g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), typenum, 0)
         p.mode = CE_MODE_FUSED
         p.g.data = <char *>cnp.PyArray_DATA(g)
         p.g.s_outer = c
         p.g.s_class = 1
-        p.grad_scale = 1.0 / count_w if count > 0 else 0.0
+        if red == 0:
+            p.grad_scale = go / count_w if count > 0 else 0.0
+        else:
+            p.grad_scale = go
     n_blocks = (n + p.block_rows - 1) // p.block_rows
     if n_blocks <= 64:
         partial = &stack_partial[0]
@@ -333,7 +363,9 @@ cdef object plain_mean(object logits, object target, bint fused):
         free(partial)
     if status != 0:
         raise MemoryError("ce: out of memory for a scratch row")
-    loss64 = total / count_w   # 0 / 0 = NaN: a mean over nothing
+    if red == 2:
+        return rows if typenum == cnp.NPY_DOUBLE else rows.astype(np.float32)
+    loss64 = total / count_w if red == 0 else total   # 0 / 0 = NaN: a mean over nothing
     if typenum == cnp.NPY_FLOAT:
         loss32 = <float>loss64
         loss = PyArray_Scalar(&loss32, cnp.PyArray_DESCR(x), None)
@@ -342,12 +374,12 @@ cdef object plain_mean(object logits, object target, bint fused):
     return (loss, g) if fused else loss
 
 
-def plain_loss(object logits, object target):
-    return plain_mean(logits, target, False)
+def plain_loss(logits, target, reduction, ignore_index, label_smoothing):
+    return plain_call(logits, target, reduction, ignore_index, label_smoothing, 1.0, False)
 
 
-def plain_loss_and_grad(object logits, object target):
-    return plain_mean(logits, target, True)
+def plain_loss_and_grad(logits, target, reduction, ignore_index, label_smoothing, grad_output):
+    return plain_call(logits, target, reduction, ignore_index, label_smoothing, grad_output, True)
 
 
 def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object labels,

@@ -77,7 +77,8 @@ def _run(p, mode, g=None, row_grad=None, scale=1.0, lse_in=None, row_loss=None, 
 
 
 # Defaults as named objects: the plain-call fast path tests them by identity,
-# which is cheap and never calls __eq__ on an array argument.
+# which is cheap and never calls __eq__ on an array argument; the kernel module
+# checks the remaining common options itself (types, ranges) or declines.
 _LAST = -1
 _MEAN = "mean"
 _IGNORE = -100
@@ -87,10 +88,9 @@ _ZERO = 0.0
 def cross_entropy(logits, target, *, axis=_LAST, reduction=_MEAN, weight=None,
                   sample_weight=None, ignore_index=_IGNORE, label_smoothing=_ZERO,
                   from_logits=True, n_threads=None, z_loss=_ZERO, softcap=None):
-    if (axis is _LAST and reduction is _MEAN and weight is None and sample_weight is None
-            and ignore_index is _IGNORE and label_smoothing is _ZERO and from_logits is True
+    if (axis is _LAST and weight is None and sample_weight is None and from_logits is True
             and n_threads is None and z_loss is _ZERO and softcap is None):
-        loss = _kernels.plain_loss(logits, target)
+        loss = _kernels.plain_loss(logits, target, reduction, ignore_index, label_smoothing)
         if loss is not None:
             return loss
     p = problem(logits, target, axis, reduction, weight, sample_weight, ignore_index,
@@ -153,11 +153,11 @@ def cross_entropy_with_grad(logits, target, *, axis=_LAST, reduction=_MEAN, weig
                             sample_weight=None, ignore_index=_IGNORE, label_smoothing=_ZERO,
                             from_logits=True, n_threads=None, z_loss=_ZERO, softcap=None,
                             grad_output=_ONE, out=None, return_lse=False):
-    if (axis is _LAST and reduction is _MEAN and weight is None and sample_weight is None
-            and ignore_index is _IGNORE and label_smoothing is _ZERO and from_logits is True
+    if (axis is _LAST and weight is None and sample_weight is None and from_logits is True
             and n_threads is None and z_loss is _ZERO and softcap is None
-            and grad_output is _ONE and out is None and return_lse is False):
-        pair = _kernels.plain_loss_and_grad(logits, target)
+            and out is None and return_lse is False):
+        pair = _kernels.plain_loss_and_grad(logits, target, reduction, ignore_index,
+                                            label_smoothing, grad_output)
         if pair is not None:
             return pair
     p = problem(logits, target, axis, reduction, weight, sample_weight, ignore_index,
