@@ -28,7 +28,8 @@ def test_loss_and_finite_difference_gradient(cap, z, c):
         xp[idx] += h
         xm[idx] -= h
         num = (np_reference(xp, y, cap, z) - np_reference(xm, y, cap, z)) / (2 * h)
-        assert g[idx] == pytest.approx(num, rel=1e-5, abs=1e-9)
+        # central differences of a loss of size L carry about 1e-16 * L / h of rounding noise
+        assert g[idx] == pytest.approx(num, rel=1e-5, abs=1e-8 * max(1.0, abs(loss)))
 
 
 @pytest.mark.parametrize("shape, axis", [((50, 7), -1), ((20, 300), -1), ((3, 11, 4, 5), 1)])
