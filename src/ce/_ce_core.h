@@ -220,12 +220,28 @@ CE_INLINE double ce_row_weight(const ce_problem *p, Py_ssize_t r, double w_y)
 /* Check labels (all in [0, C) or ignore_index) and add up the mean's
    denominator sum(sample_weight * weight[y]) in row order. Returns the first
    bad position, or -1. Serial: O(N) and it must run before any output. */
-static Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
+CE_DISPATCH Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                   int64_t ignore_index, const double *class_weight,
                                   const double *row_weight, double *total, Py_ssize_t *count)
 {
     double acc = 0.0;
     Py_ssize_t cnt = 0;
+    if (!class_weight && !row_weight) {
+        /* the common case, branch-free: count the kept labels, flag bad ones */
+        int64_t kept = 0, bad = 0;
+#pragma omp simd reduction(+ : kept, bad)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t y = labels[i];
+            int64_t skip = y == ignore_index;
+            kept += 1 - skip;
+            bad += (1 - skip) & ((y < 0) | (y >= n_classes));
+        }
+        if (!bad) {
+            *total = (double)kept;
+            *count = (Py_ssize_t)kept;
+            return -1;
+        }
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t y = labels[i];
         if (y == ignore_index)
