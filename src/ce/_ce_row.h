@@ -659,7 +659,8 @@ CE_DISPATCH void CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
                 double inv = 1.0 / p->softcap;
                 for (Py_ssize_t c = 0; c < n; c++) {
                     double th = (double)x[c] * inv;
-                    g[c] = (CE_REAL)((double)g[c] * (1.0 - th * th));
+                    /* a masked row's exact zeros stay zeros, even against NaN logits */
+                    g[c] = g[c] == 0 ? (CE_REAL)0 : (CE_REAL)((double)g[c] * (1.0 - th * th));
                 }
             }
             for (Py_ssize_t c = 0; c < n; c++)
