@@ -145,8 +145,8 @@ def check_float(value, name, lo=None, hi=None, allow_none=False):
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     if math.isnan(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be in {rng}, got {value!r}")
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {rng}, got {value!r}")
     return v
 
 
@@ -176,9 +176,9 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
     p.n_threads = check_threads(n_threads)
     p.smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
     p.z_loss = check_float(z_loss, "z_loss", 0.0)
-    cap = check_float(softcap, "softcap", 0.0, allow_none=True)
-    if cap is not None and cap == 0.0:
-        raise ValueError("softcap must be > 0 (or None to turn it off)")
+    cap = check_float(softcap, "softcap", allow_none=True)
+    if cap is not None and not 0.0 < cap < math.inf:
+        raise ValueError(f"softcap must be > 0 and finite (or None to turn it off), got {softcap!r}")
     p.softcap = cap or 0.0
     if not isinstance(from_logits, (bool, np.bool_)):
         raise TypeError(f"from_logits must be a bool, got {from_logits!r}")

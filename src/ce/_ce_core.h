@@ -189,6 +189,7 @@ typedef struct {
     const double *row_grad;       /* upstream gradient per row ("none"), or NULL */
     double grad_scale;            /* upstream gradient / mean denominator */
     double smoothing, z_loss, softcap;   /* softcap 0: off */
+    double clip;                  /* from_logits=False: probabilities below clip count as clip; 0: the dtype's eps */
     const double *lse_in;         /* CE_MODE_GRAD_LSE: per-row lse */
     /* outputs, NULL when not wanted */
     double *row_loss, *row_lse;

@@ -205,7 +205,7 @@ static double CE_FN(ce_row_probs)(const ce_problem *p, Py_ssize_t r, const CE_RE
 {
     const CE_REAL *w = (const CE_REAL *)p->class_weight;
     const Py_ssize_t n = p->n_classes;
-    const double eps_clip = sizeof(CE_REAL) == 4 ? (double)FLT_EPSILON : DBL_EPSILON;
+    const double eps_clip = p->clip > 0 ? p->clip : sizeof(CE_REAL) == 4 ? (double)FLT_EPSILON : DBL_EPSILON;
     const double a = 1.0 - p->smoothing, b = p->smoothing / (double)n;
     int64_t y = p->target_kind == CE_TARGET_INDEX ? p->labels[r] : -1;
     double loss = 0.0;

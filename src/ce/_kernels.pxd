@@ -25,7 +25,7 @@ cdef extern from "_ce_core.h" nogil:
         double class_weight_sum
         const double *row_weight
         const double *row_grad
-        double grad_scale, smoothing, z_loss, softcap
+        double grad_scale, smoothing, z_loss, softcap, clip
         const double *lse_in
         double *row_loss
         double *row_lse

@@ -387,10 +387,11 @@ def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object lab
         object row_weight, object row_grad, double grad_scale, double smoothing,
         double z_loss, double softcap, bint from_logits, object lse_in,
         object row_loss, object row_lse, object row_argmax, object row_rank,
-        int n_threads):
+        int n_threads, double clip=0.0):
     """Run one problem. x, t, g are (outer, C, inner) arrays of one float dtype;
     labels int64[N]; class_weight of x's dtype [C]; row_* float64 / int64 [N],
-    all C-contiguous (the Python layer guarantees it). Returns the loss sum."""
+    all C-contiguous (the Python layer guarantees it). clip: the probability
+    floor for from_logits=False (0: the dtype's eps). Returns the loss sum."""
     cdef ce_problem p
     cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
     cdef int is_double = cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
@@ -422,6 +423,7 @@ def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object lab
     p.smoothing = smoothing
     p.z_loss = z_loss
     p.softcap = softcap
+    p.clip = clip
     p.lse_in = <const double *>data_or_null(lse_in)
     p.row_loss = <double *>data_or_null(row_loss)
     p.row_lse = <double *>data_or_null(row_lse)

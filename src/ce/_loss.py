@@ -73,7 +73,8 @@ def _run(p, mode, g=None, row_grad=None, scale=1.0, lse_in=None, row_loss=None, 
     return _kernels.run(
         mode, p.x, p.kind, p.t, g, p.labels, p.ignore_index, p.class_weight,
         p.class_weight_sum, p.row_weight, row_grad, scale, p.smoothing, p.z_loss,
-        p.softcap, p.from_logits, lse_in, row_loss, row_lse, None, None, p.n_threads)
+        p.softcap, p.from_logits, lse_in, row_loss, row_lse, None, None, p.n_threads,
+        float(np.finfo(p.dtype).eps))
 
 
 # Defaults as named objects: the plain-call fast path tests them by identity,
@@ -205,6 +206,10 @@ def _target_free(mode, x, axis, out, name="x"):
                  float(q.x.shape[1]), None, None, 1.0, 0.0, 0.0, 0.0, True, None,
                  None, row_lse, None, None, 0)
     if mode == _kernels.MODE_FORWARD:
+        odd = ~np.isfinite(row_lse)
+        if odd.any():  # rows of -inf, or with +inf: -inf / +inf as scipy and torch (NaN stays NaN)
+            rows = q.x.transpose(0, 2, 1).reshape(-1, q.x.shape[1])[odd]
+            row_lse[odd] = np.where(np.isnan(rows).any(axis=1), np.nan, rows.max(axis=1))
         res = row_lse.reshape(q.rest).astype(q.dtype)
         return res[()] if res.ndim == 0 else res
     if copy_back is not None:
