@@ -5,6 +5,7 @@ serial (with a warning). Set CE_REQUIRE_OPENMP=1 to make that an error (wheels).
 No -ffast-math and no -march=native: runtime dispatch picks AVX-512/AVX2 instead.
 """
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,11 @@ from setuptools import Extension, setup
 
 def _compiler():
     return os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+
+
+def _env_flags(*names):
+    """Flags from environment variables, as the real compile and link see them."""
+    return [flag for name in names for flag in shlex.split(os.environ.get(name, ""))]
 
 
 def openmp_flags():
@@ -38,7 +44,9 @@ def openmp_flags():
         with open(src, "w") as f:
             f.write(source)
         for cflags, ldflags in candidates:
-            cmd = [cc, *cflags, src, "-o", os.path.join(tmp, "probe"), *ldflags]
+            cmd = [cc, *_env_flags("CPPFLAGS", "CFLAGS", "CE_EXTRA_CFLAGS"), *cflags, src,
+                   "-o", os.path.join(tmp, "probe"), *ldflags,
+                   *_env_flags("LDFLAGS", "CE_EXTRA_LDFLAGS")]
             if subprocess.run(cmd, capture_output=True).returncode == 0:
                 return cflags, ldflags
     return None

@@ -5,34 +5,10 @@
 # All functions take raw pointers to row-major (n_rows, n_classes) data with a
 # row stride in elements (class stride 1), int64 labels that the caller has
 # checked (each in [0, n_classes) or equal to ignore_index; see
-# ce_check_labels), release nothing (they are nogil already) and run on
+# ce_labels_valid), release nothing (they are nogil already) and run on
 # n_threads OpenMP threads (0: OpenMP's current setting). Results are bitwise
 # the same for any thread count.
 from libc.stdint cimport int64_t
-
-cdef extern from "_ce_core.h" nogil:
-    ctypedef struct ce_view:
-        char *data
-        Py_ssize_t s_outer, s_class, s_inner
-
-    ctypedef struct ce_problem:
-        Py_ssize_t n_rows, n_classes, inner, block_rows
-        int mode, target_kind, from_logits
-        ce_view x, t, g
-        const int64_t *labels
-        int64_t ignore_index
-        const void *class_weight
-        double class_weight_sum
-        const double *row_weight
-        const double *row_grad
-        double grad_scale, smoothing, z_loss, softcap, clip
-        const double *lse_in
-        double *row_loss
-        double *row_lse
-        int64_t *row_argmax
-        int64_t *row_rank
-        double *block_loss
-        int failed
 
 # Returns the first invalid position, or -1; *total gets the number of
 # non-ignored labels.

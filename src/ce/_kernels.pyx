@@ -24,6 +24,29 @@ cdef extern from "numpy/arrayobject.h":
     object PyArray_Scalar(void *data, cnp.PyArray_Descr *descr, object base)
 
 cdef extern from "_ce_core.h" nogil:
+    ctypedef struct ce_view:
+        char *data
+        Py_ssize_t s_outer, s_class, s_inner
+
+    ctypedef struct ce_problem:
+        Py_ssize_t n_rows, n_classes, inner, block_rows
+        int mode, target_kind, from_logits
+        ce_view x, t, g
+        const int64_t *labels
+        int64_t ignore_index
+        const void *class_weight
+        double class_weight_sum
+        const double *row_weight
+        const double *row_grad
+        double grad_scale, smoothing, z_loss, softcap, clip
+        const double *lse_in
+        double *row_loss
+        double *row_lse
+        int64_t *row_argmax
+        int64_t *row_rank
+        double *block_loss
+        int failed
+
     int CE_MODE_FORWARD, CE_MODE_FUSED, CE_MODE_GRAD_LSE, CE_MODE_SOFTMAX, CE_MODE_LOG_SOFTMAX
     int CE_TARGET_NONE, CE_TARGET_INDEX, CE_TARGET_DENSE
     int ce_max_threads()

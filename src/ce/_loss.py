@@ -103,8 +103,10 @@ def cross_entropy(logits, target, *, axis=_LAST, reduction=_MEAN, weight=None,
 
 
 def cross_entropy_and_lse(logits, target, **kwargs):
-    """Forward only, also returning the per-example lse (for autograd adapters
-    that save O(N) instead of the O(NC) log-softmax). Same keywords as cross_entropy."""
+    """Forward only, also returning the per-example lse in float64 (for autograd
+    adapters that save O(N) instead of the O(NC) log-softmax; float64 keeps the
+    backward through ``lse=`` as exact as the fused call). Same keywords as
+    cross_entropy."""
     p = problem(logits, target, kwargs.pop("axis", -1), kwargs.pop("reduction", "mean"),
                 kwargs.pop("weight", None), kwargs.pop("sample_weight", None),
                 kwargs.pop("ignore_index", -100), kwargs.pop("label_smoothing", 0.0),
@@ -118,7 +120,7 @@ def cross_entropy_and_lse(logits, target, **kwargs):
     row_loss = np.empty(p.n_rows) if p.reduction == "none" else None
     row_lse = np.empty(p.n_rows)
     total = _run(p, _kernels.MODE_FORWARD, row_loss=row_loss, row_lse=row_lse)
-    return _reduce(p, total, denom, row_loss), row_lse.reshape(p.rest).astype(p.dtype)
+    return _reduce(p, total, denom, row_loss), row_lse.reshape(p.rest)  # float64: exact backward
 
 
 def cross_entropy_grad(logits, target, *, axis=-1, reduction="mean", weight=None,

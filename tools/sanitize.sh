@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Build ce with AddressSanitizer + UndefinedBehaviorSanitizer and run the test suite under it.
+#
+#   tools/sanitize.sh                  # the whole default suite (slow tests stay deselected)
+#   tools/sanitize.sh tests/test_core.py -k fused     # extra arguments go to pytest
+#
+# Steps, all outside the source tree (nothing in the repository is built or written):
+#   1. copy src/, tests/ and the build files into a temp directory;
+#   2. a fresh venv there with the test dependencies but *not* PyTorch (its own
+#      OpenMP/allocator runtime is not ASan-clean and its tests are peers, not ce);
+#   3. build and install ce with gcc, CE_EXTRA_CFLAGS / CE_EXTRA_LDFLAGS set to
+#      -fsanitize=address,undefined (setup.py appends them to its flags);
+#   4. run pytest with the ASan runtime preloaded (CPython is not instrumented),
+#      PYTHONMALLOC=malloc so that Python's own objects go through ASan too;
+#   5. fail if pytest failed or if the log holds any sanitizer report.
+#
+# Environment: PYTHON (default python3), KEEP=1 keeps the work directory,
+# CE_HYPOTHESIS_SCALE (default 0.25 here) scales tests/test_hypothesis.py's example counts.
+# Needs gcc (with libasan/libubsan, as Debian's gcc has) and the Python headers.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+CC=${CC:-gcc}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ce-sanitize.XXXXXX")
+[ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
+say() { printf '\n== %s\n' "$*"; }
+
+LIBASAN=$("$CC" -print-file-name=libasan.so)
+if [ ! -e "$LIBASAN" ]; then
+    echo "sanitize.sh: $CC has no libasan.so (install gcc's libasan)" >&2
+    exit 2
+fi
+
+say "copying the source to $WORK/ce"
+mkdir -p "$WORK/ce"
+for f in setup.py pyproject.toml README.md LICENSE MANIFEST.in; do
+    [ -e "$SRC/$f" ] && cp "$SRC/$f" "$WORK/ce/"
+done
+cp -r "$SRC/src" "$SRC/tests" "$WORK/ce/"
+# build products of the source tree must not leak into the sanitized build
+find "$WORK/ce" \( -name '*.so' -o -name '__pycache__' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+rm -f "$WORK/ce/src/ce/_kernels.c"
+
+say "venv (no torch)"
+"$PY" -m venv "$WORK/venv"
+VPY="$WORK/venv/bin/python"
+"$VPY" -m pip install --quiet --upgrade pip
+"$VPY" -m pip install --quiet numpy pytest hypothesis threadpoolctl scikit-learn \
+    "cython>=3.0" "setuptools>=77" wheel
+
+say "building ce with -fsanitize=address,undefined"
+SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
+(cd "$WORK/ce" && CC="$CC" CE_EXTRA_CFLAGS="$SAN" CE_EXTRA_LDFLAGS="-fsanitize=address,undefined" \
+    "$VPY" -m pip install --quiet --no-build-isolation --no-deps . ) > "$WORK/build.log" 2>&1 \
+    || { tail -50 "$WORK/build.log"; echo "sanitize.sh: build failed" >&2; exit 2; }
+SO=$("$VPY" -c 'import importlib.util as u; print(u.find_spec("ce._kernels").origin)' 2>/dev/null \
+     || true)
+if [ -z "$SO" ] || ! ldd "$SO" | grep -q libasan; then
+    echo "sanitize.sh: the installed extension ($SO) is not linked against libasan" >&2
+    exit 2
+fi
+echo "extension: $SO"
+if "$VPY" -c 'import torch' 2>/dev/null; then
+    echo "sanitize.sh: torch is installed in the sanitizer venv; it must not be" >&2
+    exit 2
+fi
+
+say "pytest under ASan + UBSan"
+LOG="$WORK/pytest.log"
+set +e
+(
+    cd "$WORK/ce"
+    # `python -m pytest` puts $WORK/ce on sys.path, where there is no ce/ package:
+    # the installed, sanitized ce is the one imported.
+    export LD_PRELOAD="$LIBASAN"
+    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=0:print_summary=1"
+    export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+    export PYTHONMALLOC=malloc
+    export CE_HYPOTHESIS_SCALE="${CE_HYPOTHESIS_SCALE:-0.25}"
+    export CE_UNDER_SANITIZER=1
+    "$VPY" -c 'import ce, sys; print("ce from", ce.__file__); ce.show_config()'
+    "$VPY" -m pytest -q -p no:cacheprovider tests "$@"
+) 2>&1 | tee "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+
+asan=$(grep -c "ERROR: AddressSanitizer" "$LOG" || true)
+ubsan=$(grep -c "runtime error:" "$LOG" || true)
+say "sanitizer findings: AddressSanitizer=$asan UndefinedBehaviorSanitizer=$ubsan (pytest exit $status)"
+if [ "$asan" != 0 ] || [ "$ubsan" != 0 ]; then
+    grep -n -A30 -E "ERROR: AddressSanitizer|runtime error:" "$LOG" | head -200
+    [ "${KEEP:-0}" = 1 ] && echo "full log: $LOG"
+    exit 1
+fi
+# exit code 5 (no tests collected) only happens with a narrowing -k/-m from the caller
+if [ "$status" != 0 ] && [ "$status" != 5 ]; then
+    echo "sanitize.sh: pytest failed under the sanitizers" >&2
+    exit 1
+fi
+echo "sanitize.sh: OK, zero findings"
