@@ -12,6 +12,7 @@ from ._loss import (
     softmax,
 )
 from ._config import show_config
+from ._score import score
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,5 @@ __all__ = [
     "logsumexp",
     "softmax",
     "show_config",
+    "score",
 ]

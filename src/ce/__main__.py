@@ -1,29 +1,34 @@
-"""python -m ce {score,bench} ...: the command line."""
+"""`python -m ce <command>`: score (ce._cli) or bench (ce._bench)."""
 import sys
 
-USAGE = """usage: python -m ce COMMAND [options]
+USAGE = """usage: python -m ce <command> [options]
 
 commands:
-  score   score logits against labels (.npy/.npz/shard directories); no arguments: a built-in example
+  score   loss, perplexity and top-k accuracy of logits against labels (.npy, .npz,
+          directories of shards), streamed in bounded memory; with no files, a
+          built-in example                        python -m ce score --help
   bench   time ce against NumPy, PyTorch and JAX on this machine (--quick: about 30 s)
-
-python -m ce COMMAND --help shows the command's options."""
+                                                  python -m ce bench --help
+"""
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "bench":
-        from ._bench import main as run
-    elif command == "score":
-        from ._cli import main as run
-    else:
-        print(f"python -m ce: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        sys.stderr.write(USAGE)
         return 2
-    return run(rest)
+    command, rest = argv[0], argv[1:]
+    if command in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if command == "score":
+        from ._cli import main as run
+    elif command == "bench":
+        from ._bench import main as run
+    else:
+        sys.stderr.write(f"python -m ce: unknown command {command!r} (commands: score, bench)\n")
+        return 2
+    return run(rest) or 0
 
 
 if __name__ == "__main__":

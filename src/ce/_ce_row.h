@@ -389,6 +389,7 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
     const double eps = p->smoothing, z = p->z_loss, W = p->class_weight_sum;
     const CE_REAL ta = (CE_REAL)(1.0 - eps), tb = (CE_REAL)(eps / (double)n);
     CE_REAL m[R], yf[R], xy[R], ey[R], acc[R], sacc[R], tacc[R];
+    double so[R], ss[R], st[R];   /* the class sums in double: lane sums are flushed every CE_CHUNK classes */
     double tot[R], lg[R], lse[R], loss[R], k1[R], k2[R], gy[R];
     Py_ssize_t yi[R];
     unsigned char masked[R];
@@ -408,10 +409,13 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
         xy[i] = x[yi[i] * xs + i];
     }
     /* sums that need the logits themselves, before g (which may be x) is written */
-    if (dense || eps > 0) {
+    memset(ss, 0, (size_t)nr * sizeof(double));
+    memset(st, 0, (size_t)nr * sizeof(double));
+    for (Py_ssize_t c0 = 0; c0 < n && (dense || eps > 0); c0 += CE_CHUNK) {
+        const Py_ssize_t c1 = c0 + CE_CHUNK < n ? c0 + CE_CHUNK : n;
         memset(sacc, 0, (size_t)nr * sizeof(CE_REAL));
         memset(tacc, 0, (size_t)nr * sizeof(CE_REAL));
-        for (Py_ssize_t c = 0; c < n; c++) {
+        for (Py_ssize_t c = c0; c < c1; c++) {
             CE_REAL wc = w ? w[c] : (CE_REAL)1;
             if (dense) {
 #pragma omp simd
@@ -427,10 +431,17 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
                     sacc[i] += wc * (m[i] - x[c * xs + i]);
             }
         }
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            ss[i] += (double)sacc[i];
+            st[i] += (double)tacc[i];
+        }
     }
     /* the other classes' exp sum: the target's own term is left out here */
-    memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
-    for (Py_ssize_t c = 0; c < n; c++) {
+    memset(so, 0, (size_t)nr * sizeof(double));
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_CHUNK) {
+      const Py_ssize_t c1 = c0 + CE_CHUNK < n ? c0 + CE_CHUNK : n;
+      memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
+      for (Py_ssize_t c = c0; c < c1; c++) {
         const CE_REAL cf = (CE_REAL)c;
         if (store) {
 #pragma omp simd
@@ -446,13 +457,16 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
                 acc[i] += cf == yf[i] ? (CE_REAL)0 : e;
             }
         }
+      }
+      for (Py_ssize_t i = 0; i < nr; i++)
+          so[i] += (double)acc[i];
     }
 #pragma omp simd
     for (Py_ssize_t i = 0; i < nr; i++)
         ey[i] = yf[i] >= 0 ? CE_EXP(xy[i] - m[i]) : (CE_REAL)0;
 #pragma omp simd
     for (Py_ssize_t i = 0; i < nr; i++) {
-        double a = (double)ey[i], b = (double)acc[i], s = a + b, bb = s - a;
+        double a = (double)ey[i], b = so[i], s = a + b, bb = s - a;
         tot[i] = s;
         lg[i] = ((a - (s - bb)) + (b - bb)) / s;   /* TwoSum error of a + b, as in ce_log_sum2 */
     }
@@ -473,10 +487,10 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
             continue;
         double sw = p->row_weight ? p->row_weight[r] : 1.0;
         if (dense) {
-            loss[i] = sw * ((double)sacc[i] + (double)tacc[i] * lg[i] + z * lse[i] * lse[i]);
+            loss[i] = sw * (ss[i] + st[i] * lg[i] + z * lse[i] * lse[i]);
         } else {
             double w_y = w ? (double)w[yi[i]] : 1.0;
-            double smooth = eps > 0 ? (double)sacc[i] + W * lg[i] : 0.0;
+            double smooth = eps > 0 ? ss[i] + W * lg[i] : 0.0;
             loss[i] = sw * ((1.0 - eps) * w_y * loss[i] + eps / (double)n * smooth + z * w_y * lse[i] * lse[i]);
         }
     }
@@ -490,9 +504,9 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
     if (p->row_argmax) {
         for (Py_ssize_t i = 0; i < nr; i++) {
             Py_ssize_t c = 0;
-            while (c < n - 1 && x[c * xs + i] != m[i])
+            while (c < n && x[c * xs + i] != m[i])
                 c++;
-            p->row_argmax[r0 + i] = c;
+            p->row_argmax[r0 + i] = c < n ? c : 0;   /* as ce_first_equal */
         }
     }
     if (p->row_rank) {
@@ -531,16 +545,15 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
         double gi = masked[i] ? 0.0 : p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
         double inv = 1.0 / tot[i];
         if (dense) {
-            k1[i] = gi * ((double)tacc[i] + 2.0 * z * lse[i]) * inv;
+            k1[i] = gi * (st[i] + 2.0 * z * lse[i]) * inv;
             k2[i] = gi;
         } else {
             double w_y = w ? (double)w[yi[i]] : 1.0;
             double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse[i];
-            double so = (double)acc[i];
             k1[i] = gi * A * inv;
             k2[i] = gi * eps / (double)n;
             /* p_y - 1 = -s_other / s: the other classes' sum, never 1 - p_y */
-            gy[i] = gi * (-A * so * inv + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse[i]);
+            gy[i] = gi * (-A * so[i] * inv + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse[i]);
         }
     }
     for (Py_ssize_t c = 0; c < n; c++) {
