@@ -18,8 +18,10 @@ needs_openmp = pytest.mark.skipif(not _kernels.have_openmp(), reason="ce was bui
 
 def _run(code, *args, **env):
     """Run `python -c code` (or `python *args`) in a fresh interpreter with `env` added;
-    OMP_NUM_THREADS is unset unless given."""
-    full = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    OMP_NUM_THREADS (and the other *_NUM_THREADS) unset unless given."""
+    # no *_NUM_THREADS from the parent: dask.distributed, for one, sets MKL_NUM_THREADS=1
+    # and friends in its process, and torch applies those to OpenMP at import
+    full = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     full.update(env)
     cmd = [sys.executable, *args] if args else [sys.executable, "-c", textwrap.dedent(code)]
     proc = subprocess.run(cmd, env=full, capture_output=True, text=True, check=False)
