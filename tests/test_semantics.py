@@ -200,3 +200,29 @@ def test_in_place_gradient():
         expect = ce.cross_entropy_grad(x, y, label_smoothing=0.1)
         assert ce.cross_entropy_grad(x, y, label_smoothing=0.1, out=x) is x
         np.testing.assert_allclose(x, expect, rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_ndarray_subclasses_are_plain_input():
+    x = np.random.default_rng(2).normal(size=(5, 4))
+    y = np.array([0, 1, 2, 3, 0])
+    m = np.asmatrix(x)
+    assert ce.cross_entropy(m, y) == ce.cross_entropy(x, y)
+    np.testing.assert_array_equal(ce.softmax(m), ce.softmax(x))
+    np.testing.assert_array_equal(ce.logsumexp(m), ce.logsumexp(x))
+
+
+@pytest.mark.parametrize("func", ["softmax", "log_softmax", "grad"])
+def test_out_overlapping_the_logits_in_another_layout(func):
+    rng = np.random.default_rng(4)
+    for shape, axis in (((5, 4), -1), ((2, 4, 3), 1)):
+        x = rng.normal(size=shape)
+        y = rng.integers(0, shape[axis], (2, 3) if axis == 1 else 5)
+        call = {"softmax": lambda a, **k: ce.softmax(a, axis=axis, **k),
+                "log_softmax": lambda a, **k: ce.log_softmax(a, axis=axis, **k),
+                "grad": lambda a, **k: ce.cross_entropy_grad(a, y, axis=axis, **k)}[func]
+        expect = call(x.copy())
+        flipped = x[tuple(slice(None, None, -1) for _ in shape)]  # the same memory, reversed
+        result = call(x, out=flipped)
+        assert result is flipped
+        np.testing.assert_allclose(flipped, expect, rtol=1e-14, atol=1e-16)

@@ -54,8 +54,9 @@ SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fram
 (cd "$WORK/ce" && CC="$CC" CE_EXTRA_CFLAGS="$SAN" CE_EXTRA_LDFLAGS="-fsanitize=address,undefined" \
     "$VPY" -m pip install --quiet --no-build-isolation --no-deps . ) > "$WORK/build.log" 2>&1 \
     || { tail -50 "$WORK/build.log"; echo "sanitize.sh: build failed" >&2; exit 2; }
-SO=$("$VPY" -c 'import importlib.util as u; print(u.find_spec("ce._kernels").origin)' 2>/dev/null \
-     || true)
+# (ce cannot be imported yet without the ASan runtime preloaded: find the file instead)
+SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+SO=$(ls "$SITE"/ce/_kernels*.so 2>/dev/null | head -1 || true)
 if [ -z "$SO" ] || ! ldd "$SO" | grep -q libasan; then
     echo "sanitize.sh: the installed extension ($SO) is not linked against libasan" >&2
     exit 2
@@ -65,6 +66,24 @@ if "$VPY" -c 'import torch' 2>/dev/null; then
     echo "sanitize.sh: torch is installed in the sanitizer venv; it must not be" >&2
     exit 2
 fi
+
+say "canary: a deliberate out-of-bounds read must be reported"
+# The internal kernel entry point trusts its caller: labels shorter than the rows make it read
+# past their end. If ASan does not catch this, the build is not instrumented and a clean test
+# run below would prove nothing.
+CANARY=$(cd "$WORK" && LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0 "$VPY" -c '
+import numpy as np
+from ce import _kernels as k
+x = np.zeros((10, 5, 1)); labels = np.zeros(3, np.int64)
+k.run(k.MODE_FORWARD, x, k.TARGET_INDEX, None, None, labels, -100, None, 5.0, None, None,
+      1.0, 0.0, 0.0, 0.0, True, None, None, None, None, None, 1)
+' 2>&1 || true)
+if ! grep -q "ERROR: AddressSanitizer: heap-buffer-overflow" <<<"$CANARY"; then
+    echo "$CANARY" | tail -20
+    echo "sanitize.sh: ASan did not catch the canary overflow: the build is not sanitized" >&2
+    exit 2
+fi
+echo "caught: $(grep -m1 -o 'heap-buffer-overflow.*' <<<"$CANARY" | cut -c1-60)..."
 
 say "pytest under ASan + UBSan"
 LOG="$WORK/pytest.log"

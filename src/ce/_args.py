@@ -16,13 +16,20 @@ from . import _kernels
 REDUCTIONS = ("none", "sum", "mean")
 
 
+def as_array(a, name):
+    """A plain ndarray (subclasses such as np.matrix become base-class views);
+    anything NumPy cannot turn into an array is a TypeError naming `name`."""
+    if type(a) is np.ndarray:
+        return a
+    try:
+        return np.asarray(a)
+    except Exception as exc:  # ragged lists, objects whose __array__ raises, ...
+        raise TypeError(f"{name} must be array-like: {exc}") from exc
+
+
 def as_logits(x, name="logits"):
     """Return (array in a computing dtype, result dtype)."""
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # objects whose __array__ raises
-            raise TypeError(f"{name} must be array-like of floats: {exc}") from exc
+    x = as_array(x, name)
     dt = x.dtype
     if dt.kind != "f":
         raise TypeError(f"{name} must be a float16/float32/float64 array, got dtype {dt}")
@@ -138,7 +145,7 @@ def check_float(value, name, lo=None, hi=None, allow_none=False):
         return None
     if type(value) is float and (lo is None or value >= lo) and (hi is None or value <= hi):
         return value
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(value)
@@ -186,6 +193,8 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
     if not p.from_logits and (p.z_loss != 0.0 or p.softcap != 0.0):
         raise ValueError("z_loss and softcap apply to logits only (from_logits=True)")
     try:
+        if isinstance(ignore_index, (bool, np.bool_)):
+            raise TypeError
         p.ignore_index = operator.index(ignore_index)
     except TypeError:
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}") from None
@@ -206,12 +215,7 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
         p.class_weight_sum = float(p.class_weight_64.sum())
 
     # target: class indices (per-example shape) or dense (logits' shape)
-    tgt = target
-    if not isinstance(tgt, np.ndarray):
-        try:
-            tgt = np.asarray(tgt)
-        except Exception as exc:
-            raise TypeError(f"target must be array-like: {exc}") from exc
+    tgt = as_array(target, "target")
     if tgt.shape == p.shape and not (tgt.shape == p.rest and tgt.dtype.kind in "iu"):
         if tgt.dtype.kind not in "fiub":
             raise TypeError(f"target (dense) must be a real array, got dtype {tgt.dtype}")
@@ -253,11 +257,7 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
 
 
 def _real_array(a, name, allow_bool=False):
-    if not isinstance(a, np.ndarray):
-        try:
-            a = np.asarray(a)
-        except Exception as exc:
-            raise TypeError(f"{name} must be array-like: {exc}") from exc
+    a = as_array(a, name)
     kinds = "fiub" if allow_bool else "fiu"
     if a.dtype.kind not in kinds:
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
@@ -312,7 +312,11 @@ def output_for(p, out, name="out"):
         raise ValueError(f"{name} must not overlap target")
     if out.dtype == p.x.dtype and out.size:
         view = rows_view(out, p.axes)[0]
-        if np.may_share_memory(view, out):
+        in_place = view.__array_interface__["data"][0] == p.x.__array_interface__["data"][0] \
+            and view.strides == p.x.strides
+        if np.may_share_memory(view, out) and (in_place or not np.may_share_memory(view, p.x)):
             return out, view, None
-    g, view = new_output(p, p.x.dtype)  # float16, byte-swapped, or a layout no view describes
+    # float16, byte-swapped, a layout no view describes, or overlapping the logits
+    # other than element for element: computed aside, then copied into out
+    g, view = new_output(p, p.x.dtype)
     return out, view, g

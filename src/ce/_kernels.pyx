@@ -323,6 +323,8 @@ cdef object plain_call(object logits, object target, object reduction, object ig
     if not (0.0 <= eps <= 1.0) or not (-9223372036854775807 <= ignore_index <= 9223372036854775807):
         return None
     ignore = ignore_index
+    if type(reduction) is not str:
+        return None
     if reduction == "mean":
         red = 0
     elif reduction == "sum":
@@ -416,8 +418,16 @@ def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object lab
     all C-contiguous (the Python layer guarantees it). clip: the probability
     floor for from_logits=False (0: the dtype's eps). Returns the loss sum."""
     cdef ce_problem p
-    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
+    cdef cnp.npy_intp *shape
     cdef int is_double = cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
+    # the Python layer guarantees these; checked again because a wrong pointer here
+    # is a crash, not an exception
+    for a, dims in ((x, 3), (t, 3), (g, 3), (labels, 1), (row_loss, 1), (row_lse, 1)):
+        if a is not None and (type(a) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray>a) != dims):
+            raise ValueError(f"ce._kernels.run: expected a {dims}-d ndarray")
+    if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT and not is_double:
+        raise TypeError("ce._kernels.run: logits must be float32 or float64")
+    shape = cnp.PyArray_DIMS(x)
     cdef Py_ssize_t n_blocks, b
     cdef double total = 0.0
     cdef double *partial

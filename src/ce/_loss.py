@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from . import _kernels
-from ._args import check_labels, output_for, problem, rows_view, as_logits, class_axes, new_output
+from ._args import as_array, as_logits, check_labels, class_axes, output_for, problem, rows_view
 
 _DOC_KEYWORDS = """
     axis : int or tuple of ints, default -1
@@ -135,7 +135,7 @@ def cross_entropy_grad(logits, target, *, axis=-1, reduction="mean", weight=None
     if lse is not None:
         if not p.from_logits:
             raise ValueError("lse applies to logits only (from_logits=True)")
-        lse_arr = np.asarray(lse)
+        lse_arr = as_array(lse, "lse")
         if lse_arr.dtype.kind != "f":
             raise TypeError(f"lse must be a float array, got dtype {lse_arr.dtype}")
         if lse_arr.shape != p.rest:
@@ -167,6 +167,8 @@ def cross_entropy_with_grad(logits, target, *, axis=_LAST, reduction=_MEAN, weig
                 label_smoothing, from_logits, n_threads, z_loss, softcap)
     denom = check_labels(p)
     scale, row_grad = _grad_scale(p, grad_output, denom)
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     if return_lse and not p.from_logits:
         raise ValueError("return_lse applies to logits only (from_logits=True)")
     result, view, copy_back = output_for(p, out)
