@@ -102,8 +102,11 @@ PEERS = [("ce", ce_impl), ("numpy", numpy_impl), ("torch", torch_impl), ("jax", 
 
 # ---- timing ----
 
-def interleaved_medians(funcs, budget_s, min_reps=5, max_reps=20000, flush=None):
-    """Median seconds per call of each function, calls interleaved."""
+def interleaved_medians(funcs, budget_s, min_reps=5, max_reps=20000, flush=None, burst=5):
+    """Median seconds per call of each function. Implementations take turns in
+    bursts of `burst` calls: turns spread machine noise over all of them, and
+    bursts keep one library's idle spinning worker threads (OpenMP, XLA) from
+    being charged to the next library's first call."""
     for f in funcs.values():
         f()  # warm up (and JIT)
     t0 = time.perf_counter()
@@ -112,13 +115,14 @@ def interleaved_medians(funcs, budget_s, min_reps=5, max_reps=20000, flush=None)
     one_round = max(time.perf_counter() - t0, 1e-7)
     reps = int(min(max_reps, max(min_reps, budget_s / one_round)))
     times = {k: [] for k in funcs}
-    for _ in range(reps):
+    for _ in range(max(1, reps // burst)):
         for k, f in funcs.items():
-            if flush is not None:
-                flush()
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
+            for _ in range(burst):
+                if flush is not None:
+                    flush()
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
     return {k: float(np.median(v)) for k, v in times.items()}, reps
 
 
@@ -206,7 +210,8 @@ def markdown(results, cold_rows, bw, info):
         f"bandwidth probe: read {bw['read']:.1f} GB/s, copy {bw['copy']:.1f} GB/s "
         "(read+write counted), write {w:.1f} GB/s.".format(w=bw["write"]),
         "",
-        "Medians; in brackets the peer's time / ce's time (higher: ce faster).",
+        "Medians (implementations take turns, 5 calls each); in brackets the peer's time / ce's "
+        "time (higher: ce faster).",
         "",
         "| dtype | N x C | ce fwd | torch fwd | jax fwd | numpy fwd | ce fused | torch fwd+bwd | jax value_and_grad | numpy fused |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
