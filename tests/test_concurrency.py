@@ -272,8 +272,7 @@ def test_forked_child_parallel_when_parent_never_went_parallel(script):
 
 
 @needs_openmp
-@pytest.mark.xfail(strict=True, reason="libgomp's thread pool does not survive fork(): the child "
-                   "waits for ever in GOMP_parallel (documented: use spawn/forkserver or n_threads=1; "
-                   "a fix would be os.register_at_fork(after_in_child=...) forcing one thread)")
 def test_forked_child_parallel_call_after_parallel_parent(script):
+    """libgomp's pool does not survive fork(); ce's at-fork hook makes the child run on one
+    thread instead of waiting for ever in GOMP_parallel."""
     assert run_script(script, "fork", "n_threads=2", child_timeout=5) == ["ok", "True"]

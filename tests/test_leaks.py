@@ -12,7 +12,8 @@ warmed up, then run many times while three things are watched:
   of MiB;
 * reference counts of the input arrays, which catch a leaked reference in the Cython layer.
 
-Runs in about 10 s. Under AddressSanitizer (tools/sanitize.sh) the RSS check is skipped: ASan's
+Two measured passes: a leak grows memory in both, a one-time allocation in one only, so each
+check uses the smaller growth. Runs in about 10 s. Under AddressSanitizer (tools/sanitize.sh) the RSS check is skipped: ASan's
 quarantine holds freed memory on purpose.
 """
 import gc
@@ -28,9 +29,11 @@ import ce
 TOTAL_CALLS = 100_000
 WARMUP_PER_KIND = 100
 PAGE = os.sysconf("SC_PAGE_SIZE")
-TRACED_TOLERANCE = 256 * 1024        # bytes of Python-visible growth over all the calls
-RSS_TOLERANCE = 16 * 1024 * 1024     # bytes of resident growth over all the calls
-RSS_KIND_TOLERANCE = 2 * 1024 * 1024 # per kind of call (~2800 calls): catches ~800 B per call
+# growth allowed in one pass (about 1340 calls of each of the kinds below)
+TRACED_TOLERANCE = 256 * 1024        # bytes of Python-visible memory, all kinds together
+TRACED_KIND_TOLERANCE = 32 * 1024    # one kind: catches a leak of ~25 bytes per call
+RSS_TOLERANCE = 16 * 1024 * 1024     # resident bytes, all kinds together
+RSS_KIND_TOLERANCE = 1024 * 1024     # one kind: catches ~800 bytes per call
 
 
 def rss_bytes():
@@ -136,31 +139,45 @@ def run(fn, n):
 
 @pytest.fixture(scope="module")
 def measured():
+    """Two measured passes over every kind of call. A leak grows memory in both passes; a
+    one-time allocation (an internal cache of CPython or NumPy filled at some call count, seen
+    with ndarray.__array_interface__) grows it in one pass only, so each check takes the
+    smaller of the two passes."""
     d = make_inputs()
     kinds = call_kinds(d)
-    per_kind = -(-TOTAL_CALLS // len(kinds)) - WARMUP_PER_KIND
+    per_pass = (-(-TOTAL_CALLS // len(kinds)) - WARMUP_PER_KIND + 1) // 2
     watched = {k: v for k, v in d.items() if isinstance(v, np.ndarray)}
     for fn in kinds.values():  # warm-up: caches, OpenMP pool, allocator arenas
         run(fn, WARMUP_PER_KIND)
     gc.collect()
     refs_before = {k: sys.getrefcount(v) for k, v in watched.items()}
     tracemalloc.start()
-    traced_before = tracemalloc.get_traced_memory()[0]
-    rss_before = rss_bytes()
-    deltas = {}
-    for name, fn in kinds.items():
-        t0, r0 = tracemalloc.get_traced_memory()[0], rss_bytes()
-        run(fn, per_kind)
+    passes = []
+    for _ in range(2):
         gc.collect()
-        deltas[name] = (tracemalloc.get_traced_memory()[0] - t0, rss_bytes() - r0)
-    gc.collect()
-    traced = tracemalloc.get_traced_memory()[0] - traced_before
-    rss = rss_bytes() - rss_before
+        traced_before, rss_before = tracemalloc.get_traced_memory()[0], rss_bytes()
+        deltas = {}
+        for name, fn in kinds.items():
+            t0, r0 = tracemalloc.get_traced_memory()[0], rss_bytes()
+            run(fn, per_pass)
+            gc.collect()
+            deltas[name] = (tracemalloc.get_traced_memory()[0] - t0, rss_bytes() - r0)
+        gc.collect()
+        passes.append((tracemalloc.get_traced_memory()[0] - traced_before, rss_bytes() - rss_before,
+                       deltas))
     tracemalloc.stop()
     refs_after = {k: sys.getrefcount(v) for k, v in watched.items()}
-    calls = (per_kind + WARMUP_PER_KIND) * len(kinds)
-    report = "\n".join(f"  {name:45s} traced {t:+8d} B   rss {r:+10d} B" for name, (t, r) in deltas.items())
-    print(f"\n{calls} calls of {len(kinds)} kinds: traced {traced:+d} B, rss {rss:+d} B\n{report}")
+    calls = (2 * per_pass + WARMUP_PER_KIND) * len(kinds)
+    traced = min(passes[0][0], passes[1][0])
+    rss = min(passes[0][1], passes[1][1])
+    deltas = {name: (min(passes[0][2][name][0], passes[1][2][name][0]),
+                     min(passes[0][2][name][1], passes[1][2][name][1])) for name in kinds}
+    report = "\n".join(
+        f"  {name:45s} traced {passes[0][2][name][0]:+8d} {passes[1][2][name][0]:+8d} B   "
+        f"rss {passes[0][2][name][1]:+10d} {passes[1][2][name][1]:+10d} B" for name in kinds)
+    print(f"\n{calls} calls of {len(kinds)} kinds; growth per pass ({per_pass} calls of each kind): "
+          f"traced {passes[0][0]:+d} / {passes[1][0]:+d} B, rss {passes[0][1]:+d} / {passes[1][1]:+d} B"
+          f"\n{report}")
     return dict(calls=calls, traced=traced, rss=rss, deltas=deltas, report=report,
                 refs_before=refs_before, refs_after=refs_after)
 
@@ -172,7 +189,7 @@ def test_calls_total_at_least_1e5(measured):
 def test_python_memory_does_not_grow(measured):
     assert measured["traced"] < TRACED_TOLERANCE, measured["report"]
     for name, (traced, _) in measured["deltas"].items():
-        assert traced < TRACED_TOLERANCE / 4, f"{name}: {traced} bytes\n{measured['report']}"
+        assert traced < TRACED_KIND_TOLERANCE, f"{name}: {traced} bytes\n{measured['report']}"
 
 
 def test_native_memory_does_not_grow(measured):

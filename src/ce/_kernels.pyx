@@ -78,6 +78,22 @@ DEF MAX_BLOCK_ROWS = 256
 DEF STRIPE_ELEMENTS = 131072
 
 
+# libgomp's thread pool does not survive fork(): a parallel region in the child of a
+# process that already went parallel waits for ever. A forked child therefore runs
+# ce on one thread (spawn / forkserver children are unaffected).
+cdef int forked_child = 0
+
+
+def _after_fork_in_child():
+    global forked_child
+    forked_child = 1
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def max_threads():
     """OpenMP's current thread limit (re-read on every call)."""
     return ce_max_threads()
@@ -133,6 +149,8 @@ cdef int ce_solve(ce_problem *p, int is_double, int n_threads) noexcept nogil:
     cdef Py_ssize_t n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
     cdef Py_ssize_t b
     cdef int threads = n_threads if n_threads > 0 else ce_max_threads()
+    if forked_child:
+        threads = 1
     if threads > n_blocks:
         threads = <int>n_blocks
     if threads <= 1 or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
