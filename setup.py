@@ -2,7 +2,8 @@
 
 OpenMP is probed by compiling a tiny program; without it the extension is built
 serial (with a warning). Set CE_REQUIRE_OPENMP=1 to make that an error (wheels).
-No -ffast-math and no -march=native: runtime dispatch picks AVX-512/AVX2 instead.
+Never fast-math (it breaks the exp rounding trick and NaN propagation) and never a
+native-arch flag: runtime dispatch picks AVX-512/AVX2 instead.
 """
 import os
 import shlex
