@@ -1021,3 +1021,40 @@ def test_float16_sum_overflow_is_inf_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ce.cross_entropy(x, np.ones(100, dtype=np.int64), reduction="sum") == np.inf
+
+
+def _unaligned(values, dtype):
+    values = np.asarray(values)
+    dt = np.dtype(dtype)
+    raw = np.zeros(values.size * dt.itemsize + 1, dtype=np.uint8)
+    a = np.ndarray(values.shape, dtype=dt, buffer=raw, offset=1)
+    a[...] = values
+    assert not a.flags.aligned and a.flags.c_contiguous
+    return a
+
+
+def test_unaligned_inputs_reach_the_kernels_aligned(monkeypatch):
+    from ce import _kernels
+    seen = []
+    real_run = _kernels.run
+
+    def checking_run(*args):
+        seen.extend(a for a in args if isinstance(a, np.ndarray))
+        return real_run(*args)
+
+    monkeypatch.setattr(_kernels, "run", checking_run)
+    rng = np.random.default_rng(0)
+    x = _unaligned(rng.standard_normal((6, 4)), np.float64)
+    y = _unaligned(np.array([0, 1, 2, 3, 0, 1]), np.int64)
+    t = _unaligned(np.full((6, 4), 0.25), np.float64)
+    w = _unaligned(np.ones(4), np.float64)
+    sw = _unaligned(np.ones(6), np.float64)
+    go = _unaligned(np.ones(6), np.float64)
+    ce.cross_entropy(x, y, weight=w, sample_weight=sw)
+    ce.cross_entropy_grad(x, t, reduction="none", grad_output=go)
+    _, _, lse = ce.cross_entropy_with_grad(x, y, return_lse=True, axis=-1, weight=w)
+    ce.cross_entropy_grad(x, y, lse=_unaligned(lse, np.float64), axis=-1)
+    ce.softmax(_unaligned(rng.standard_normal(7), np.float64))
+    ce.logsumexp(x, axis=0)
+    bad = [(a.dtype, a.shape) for a in seen if not a.flags.aligned]
+    assert not bad, f"misaligned arrays passed to the kernels: {bad}"

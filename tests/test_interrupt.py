@@ -10,7 +10,6 @@ the child or from the test process itself (SIGINT sent from outside), timed to l
 third of the way into the call (a call takes about a second here). Nothing asserts on time.
 """
 import json
-import os
 import signal
 import subprocess
 import sys

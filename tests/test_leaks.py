@@ -7,15 +7,16 @@ warmed up, then run many times while three things are watched:
 
 * tracemalloc: memory held by Python objects and NumPy buffers (NumPy reports its data
   allocations to tracemalloc), so a leaked array or exception shows up byte for byte;
-* RSS from /proc/self/statm: native memory (malloc in the kernels, OpenMP) that tracemalloc
-  cannot see; scratch rows here are several KiB, so a leak of one per call would be hundreds
-  of MiB;
+* native memory that tracemalloc cannot see (malloc in the kernels, OpenMP): glibc's count of
+  malloc'd bytes in use (mallinfo2, exact: a leaked 8-byte block per call shows) and the RSS
+  from /proc/self/statm (anything else, mmap included);
 * reference counts of the input arrays, which catch a leaked reference in the Cython layer.
 
 Two measured passes: a leak grows memory in both, a one-time allocation in one only, so each
 check uses the smaller growth. Runs in about 10 s. Under AddressSanitizer (tools/sanitize.sh) the RSS check is skipped: ASan's
 quarantine holds freed memory on purpose.
 """
+import ctypes
 import gc
 import os
 import sys
@@ -34,11 +35,40 @@ TRACED_TOLERANCE = 256 * 1024        # bytes of Python-visible memory, all kinds
 TRACED_KIND_TOLERANCE = 32 * 1024    # one kind: catches a leak of ~25 bytes per call
 RSS_TOLERANCE = 16 * 1024 * 1024     # resident bytes, all kinds together
 RSS_KIND_TOLERANCE = 1024 * 1024     # one kind: catches ~800 bytes per call
+MALLOC_TOLERANCE = 64 * 1024         # malloc'd bytes in use, all kinds together
+MALLOC_KIND_TOLERANCE = 8 * 1024     # one kind: catches one leaked malloc per ~5 calls
 
 
 def rss_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    try:
+        fn = ctypes.CDLL(None).mallinfo2   # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+MALLINFO2 = _mallinfo2()
+
+
+def malloc_in_use():
+    """Bytes handed out by malloc and not freed (glibc's count over all arenas, mmapped chunks
+    included): exact, so even an 8-byte leak per call shows."""
+    if MALLINFO2 is None:
+        return 0
+    m = MALLINFO2()
+    return m.uordblks + m.hblkhd
 
 
 def under_asan():
@@ -155,31 +185,32 @@ def measured():
     passes = []
     for _ in range(2):
         gc.collect()
-        traced_before, rss_before = tracemalloc.get_traced_memory()[0], rss_bytes()
+        before = (tracemalloc.get_traced_memory()[0], rss_bytes(), malloc_in_use())
         deltas = {}
         for name, fn in kinds.items():
-            t0, r0 = tracemalloc.get_traced_memory()[0], rss_bytes()
+            t0, r0, m0 = tracemalloc.get_traced_memory()[0], rss_bytes(), malloc_in_use()
             run(fn, per_pass)
             gc.collect()
-            deltas[name] = (tracemalloc.get_traced_memory()[0] - t0, rss_bytes() - r0)
+            deltas[name] = (tracemalloc.get_traced_memory()[0] - t0, rss_bytes() - r0,
+                            malloc_in_use() - m0)
         gc.collect()
-        passes.append((tracemalloc.get_traced_memory()[0] - traced_before, rss_bytes() - rss_before,
-                       deltas))
+        after = (tracemalloc.get_traced_memory()[0], rss_bytes(), malloc_in_use())
+        passes.append(tuple(a - b for a, b in zip(after, before)) + (deltas,))
     tracemalloc.stop()
     refs_after = {k: sys.getrefcount(v) for k, v in watched.items()}
     calls = (2 * per_pass + WARMUP_PER_KIND) * len(kinds)
-    traced = min(passes[0][0], passes[1][0])
-    rss = min(passes[0][1], passes[1][1])
-    deltas = {name: (min(passes[0][2][name][0], passes[1][2][name][0]),
-                     min(passes[0][2][name][1], passes[1][2][name][1])) for name in kinds}
+    traced, rss, malloced = (min(passes[0][i], passes[1][i]) for i in range(3))
+    deltas = {name: tuple(min(passes[0][3][name][i], passes[1][3][name][i]) for i in range(3))
+              for name in kinds}
     report = "\n".join(
-        f"  {name:45s} traced {passes[0][2][name][0]:+8d} {passes[1][2][name][0]:+8d} B   "
-        f"rss {passes[0][2][name][1]:+10d} {passes[1][2][name][1]:+10d} B" for name in kinds)
-    print(f"\n{calls} calls of {len(kinds)} kinds; growth per pass ({per_pass} calls of each kind): "
-          f"traced {passes[0][0]:+d} / {passes[1][0]:+d} B, rss {passes[0][1]:+d} / {passes[1][1]:+d} B"
-          f"\n{report}")
-    return dict(calls=calls, traced=traced, rss=rss, deltas=deltas, report=report,
-                refs_before=refs_before, refs_after=refs_after)
+        f"  {name:42s} traced {passes[0][3][name][0]:+8d} {passes[1][3][name][0]:+8d}  "
+        f"malloc {passes[0][3][name][2]:+8d} {passes[1][3][name][2]:+8d}  "
+        f"rss {passes[0][3][name][1]:+9d} {passes[1][3][name][1]:+9d}" for name in kinds)
+    print(f"\n{calls} calls of {len(kinds)} kinds; growth in bytes per pass ({per_pass} calls of "
+          f"each kind): traced {passes[0][0]:+d} / {passes[1][0]:+d}, malloc {passes[0][2]:+d} / "
+          f"{passes[1][2]:+d}, rss {passes[0][1]:+d} / {passes[1][1]:+d}\n{report}")
+    return dict(calls=calls, traced=traced, rss=rss, malloced=malloced, deltas=deltas,
+                report=report, refs_before=refs_before, refs_after=refs_after)
 
 
 def test_calls_total_at_least_1e5(measured):
@@ -188,16 +219,18 @@ def test_calls_total_at_least_1e5(measured):
 
 def test_python_memory_does_not_grow(measured):
     assert measured["traced"] < TRACED_TOLERANCE, measured["report"]
-    for name, (traced, _) in measured["deltas"].items():
+    for name, (traced, _, _) in measured["deltas"].items():
         assert traced < TRACED_KIND_TOLERANCE, f"{name}: {traced} bytes\n{measured['report']}"
 
 
 def test_native_memory_does_not_grow(measured):
     if under_asan():
         pytest.skip("ASan's quarantine keeps freed memory resident")
+    assert measured["malloced"] < MALLOC_TOLERANCE, measured["report"]
     assert measured["rss"] < RSS_TOLERANCE, measured["report"]
-    for name, (_, rss) in measured["deltas"].items():
-        assert rss < RSS_KIND_TOLERANCE, f"{name}: {rss} bytes\n{measured['report']}"
+    for name, (_, rss, malloced) in measured["deltas"].items():
+        assert malloced < MALLOC_KIND_TOLERANCE, f"{name}: malloc {malloced} bytes\n{measured['report']}"
+        assert rss < RSS_KIND_TOLERANCE, f"{name}: rss {rss} bytes\n{measured['report']}"
 
 
 def test_no_reference_leaks_on_inputs(measured):

@@ -87,34 +87,52 @@ echo "caught: $(grep -m1 -o 'heap-buffer-overflow.*' <<<"$CANARY" | cut -c1-60).
 
 say "pytest under ASan + UBSan"
 LOG="$WORK/pytest.log"
+# Reports must not vanish in pytest's output capture (a halted process never prints what it
+# captured): pytest captures at the sys level only, so the main process's reports reach the log
+# directly, and ASan writes every process's reports (subprocesses too) to $REPORTS as well.
+# (UBSan's log_path is not honoured with the ASan runtime preloaded; a subprocess halted by
+# UBSan exits non-zero, which the tests report with its stderr.)
+REPORTS="$WORK/reports"
+mkdir -p "$REPORTS"
 set +e
 (
     cd "$WORK/ce"
     # `python -m pytest` puts $WORK/ce on sys.path, where there is no ce/ package:
     # the installed, sanitized ce is the one imported.
     export LD_PRELOAD="$LIBASAN"
-    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=0:print_summary=1"
+    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=0:print_summary=1:log_path=$REPORTS/asan"
     export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
     export PYTHONMALLOC=malloc
     export CE_HYPOTHESIS_SCALE="${CE_HYPOTHESIS_SCALE:-0.25}"
     export CE_UNDER_SANITIZER=1
     "$VPY" -c 'import ce, sys; print("ce from", ce.__file__); ce.show_config()'
-    "$VPY" -m pytest -q -p no:cacheprovider tests "$@"
-) 2>&1 | tee "$LOG"
-status=${PIPESTATUS[0]}
+    # -v: when a sanitizer halts the interpreter, the log's last line names the test
+    "$VPY" -m pytest -v --capture=sys -p no:cacheprovider tests "$@"
+) > "$LOG" 2>&1
+status=$?
 set -e
+grep -E "^(ce from|openmp|simd)" "$LOG" || true
+tail -n 3 "$LOG"
 
-asan=$(grep -c "ERROR: AddressSanitizer" "$LOG" || true)
-ubsan=$(grep -c "runtime error:" "$LOG" || true)
-say "sanitizer findings: AddressSanitizer=$asan UndefinedBehaviorSanitizer=$ubsan (pytest exit $status)"
-if [ "$asan" != 0 ] || [ "$ubsan" != 0 ]; then
-    grep -n -A30 -E "ERROR: AddressSanitizer|runtime error:" "$LOG" | head -200
-    [ "${KEEP:-0}" = 1 ] && echo "full log: $LOG"
+shopt -s nullglob
+files=("$REPORTS"/*)
+asan=$( (cat "$LOG" "${files[@]}" /dev/null | grep -c "ERROR: AddressSanitizer") || true)
+ubsan=$( (cat "$LOG" "${files[@]}" /dev/null | grep -c "runtime error:") || true)
+say "sanitizer findings: AddressSanitizer=$asan UndefinedBehaviorSanitizer=$ubsan report files=${#files[@]} (pytest exit $status)"
+if [ "$asan" != 0 ] || [ "$ubsan" != 0 ] || [ "${#files[@]}" != 0 ]; then
+    for f in "${files[@]}"; do
+        echo "---- $f"
+        head -40 "$f"
+    done | head -300
+    grep -n -A30 -E "ERROR: AddressSanitizer|runtime error:" "$LOG" | head -100
+    echo "last test started:"; grep -E "::" "$LOG" | tail -1
+    [ "${KEEP:-0}" = 1 ] && echo "full log: $LOG, reports: $REPORTS"
     exit 1
 fi
 # exit code 5 (no tests collected) only happens with a narrowing -k/-m from the caller
 if [ "$status" != 0 ] && [ "$status" != 5 ]; then
-    echo "sanitize.sh: pytest failed under the sanitizers" >&2
+    grep -E "^(FAILED|ERROR) " "$LOG" | head -50
+    echo "sanitize.sh: pytest failed under the sanitizers (full log: KEEP=1)" >&2
     exit 1
 fi
 echo "sanitize.sh: OK, zero findings"

@@ -16,6 +16,12 @@ from . import _kernels
 REDUCTIONS = ("none", "sum", "mean")
 
 
+def c_array(a, dtype=None):
+    """C-contiguous *and aligned* (np.ascontiguousarray keeps a misaligned buffer,
+    e.g. an .npz member, as it is; the C kernels must never see one)."""
+    return np.require(a, dtype, ("C", "A"))
+
+
 def as_array(a, name):
     """A plain ndarray (subclasses such as np.matrix become base-class views);
     anything NumPy cannot turn into an array is a TypeError naming `name`."""
@@ -82,7 +88,7 @@ def rows_view(a, axes):
         v = a.reshape(math.prod(rest), a.shape[-1], 1)
         st, item = v.strides, v.itemsize
         if st[0] % item or st[1] % item or not v.flags.aligned:
-            v = np.ascontiguousarray(v)
+            v = c_array(v)
         return v, rest
     rest = tuple(d for i, d in enumerate(a.shape) if i not in axes)
     n_classes = 1
@@ -120,7 +126,7 @@ def _strided_reshape(a, shape3):
         v = a.reshape(shape3)  # a view whenever the strides allow it
     item = v.itemsize
     if any(s % item for s in v.strides) or not v.flags.aligned:
-        v = np.ascontiguousarray(v)
+        v = c_array(v)
     return v
 
 
@@ -210,8 +216,8 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
         w = _real_array(weight, "weight")
         if w.shape != (p.n_classes,):
             raise ValueError(f"weight must have shape ({p.n_classes},) (one per class), got {w.shape}")
-        p.class_weight_64 = np.ascontiguousarray(w, dtype=np.float64)
-        p.class_weight = np.ascontiguousarray(w, dtype=compute)
+        p.class_weight_64 = c_array(w, dtype=np.float64)
+        p.class_weight = c_array(w, dtype=compute)
         p.class_weight_sum = float(p.class_weight_64.sum())
 
     # target: class indices (per-example shape) or dense (logits' shape)
@@ -235,7 +241,7 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
             raise ValueError(f"target has label {tgt[pos]} at position {tuple(int(i) for i in pos)}, "
                              f"outside [0, {p.n_classes})")
         p.kind = _kernels.TARGET_INDEX
-        p.labels = np.ascontiguousarray(tgt, dtype=np.int64).reshape(-1)
+        p.labels = c_array(tgt, dtype=np.int64).reshape(-1)
         p.t = None
     else:
         raise ValueError(
@@ -252,7 +258,7 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
             except ValueError:
                 raise ValueError(
                     f"sample_weight must have the per-example shape {p.rest}, got {sw.shape}") from None
-        p.row_weight = np.ascontiguousarray(sw, dtype=np.float64).reshape(-1)
+        p.row_weight = c_array(sw, dtype=np.float64).reshape(-1)
     return p
 
 

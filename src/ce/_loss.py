@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from . import _kernels
-from ._args import as_array, as_logits, check_labels, class_axes, output_for, problem, rows_view
+from ._args import as_array, as_logits, c_array, check_labels, class_axes, output_for, problem, rows_view
 
 _DOC_KEYWORDS = """
     axis : int or tuple of ints, default -1
@@ -56,7 +56,7 @@ def _grad_scale(p, grad_output, denom):
         raise ValueError(
             f"grad_output of shape {go.shape} does not broadcast to the per-example shape {p.rest}"
         ) from None
-    return 1.0, np.ascontiguousarray(rows, dtype=np.float64).reshape(-1)
+    return 1.0, c_array(rows, dtype=np.float64).reshape(-1)
 
 
 def _reduce(p, total, denom, row_loss):
@@ -140,7 +140,7 @@ def cross_entropy_grad(logits, target, *, axis=-1, reduction="mean", weight=None
             raise TypeError(f"lse must be a float array, got dtype {lse_arr.dtype}")
         if lse_arr.shape != p.rest:
             raise ValueError(f"lse must have the per-example shape {p.rest}, got {lse_arr.shape}")
-        lse_rows = np.ascontiguousarray(lse_arr, dtype=np.float64).reshape(-1)
+        lse_rows = c_array(lse_arr, dtype=np.float64).reshape(-1)
     result, view, copy_back = output_for(p, out)
     mode = _kernels.MODE_FUSED if lse_rows is None else _kernels.MODE_GRAD_LSE
     _run(p, mode, g=view, row_grad=row_grad, scale=scale, lse_in=lse_rows)
