@@ -10,8 +10,6 @@
 #define CE_CAT(a, b) CE_CAT2(a, b)
 #define CE_FN(name) CE_CAT(name, CE_SUFFIX)
 
-typedef CE_REAL CE_FN(ce_real);
-
 CE_INLINE CE_REAL CE_FN(ce_row_max)(const CE_REAL *x, Py_ssize_t n)
 {
     CE_REAL m = -INFINITY;
