@@ -333,6 +333,56 @@ cdef inline bint row_major_ok(cnp.ndarray a) noexcept:
     return True
 
 
+cdef inline bint is_array(object a, int typenum) noexcept:
+    """An exact ndarray of `typenum`, C-contiguous, aligned, native: usable as it is."""
+    return (type(a) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+cdef inline bint is_real_array(object a, bint allow_bool=True) noexcept:
+    """An exact ndarray of reals (bool too when allowed) in native byte order."""
+    return (type(a) is cnp.ndarray and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)
+            and (cnp.PyArray_ISFLOAT(<cnp.ndarray>a) or cnp.PyArray_ISINTEGER(<cnp.ndarray>a)
+                 or (allow_bool and cnp.PyArray_ISBOOL(<cnp.ndarray>a))))
+
+
+cdef inline object flat(cnp.ndarray a):
+    return a if cnp.PyArray_NDIM(a) == 1 else a.reshape(-1)
+
+
+cdef inline object as_float64_rows(cnp.ndarray a):
+    """A C-contiguous float64 copy of `a`, or `a` itself when it already is one."""
+    if is_array(a, cnp.NPY_DOUBLE):
+        return a
+    return cnp.PyArray_FROMANY(a, cnp.NPY_DOUBLE, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
+
+
+cdef inline void memory_extent(cnp.ndarray a, char **lo, char **hi) noexcept:
+    """[lo, hi): the bytes an array with at least one element touches."""
+    cdef Py_ssize_t i, step
+    cdef char *low = <char *>cnp.PyArray_DATA(a)
+    cdef char *high = low
+    for i in range(cnp.PyArray_NDIM(a)):
+        step = (cnp.PyArray_DIM(a, i) - 1) * cnp.PyArray_STRIDES(a)[i]
+        if step < 0:
+            low += step
+        else:
+            high += step
+    lo[0] = low
+    hi[0] = high + cnp.PyArray_ITEMSIZE(a)
+
+
+cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef char *alo
+    cdef char *ahi
+    cdef char *blo
+    cdef char *bhi
+    memory_extent(a, &alo, &ahi)
+    memory_extent(b, &blo, &bhi)
+    return alo < bhi and blo < ahi
+
+
 cdef class Call:
     """One cross-entropy (or target-free) call, validated and described by name.
 
@@ -422,7 +472,12 @@ cdef class Call:
             _args.check_classes(p.n_classes, axis, name)
         p.block_rows = block_rows_for(p.n_classes, p.inner)
 
-        self.n_threads = 0 if n_threads is None else _args.check_threads(n_threads)
+        if n_threads is None:
+            self.n_threads = 0
+        elif type(n_threads) is int and n_threads >= 1:
+            self.n_threads = n_threads if n_threads < 65536 else 65536
+        else:
+            self.n_threads = _args.check_threads(n_threads)
         if type(label_smoothing) is float and 0.0 <= <double>label_smoothing <= 1.0:
             p.smoothing = label_smoothing
         else:
@@ -450,6 +505,13 @@ cdef class Call:
         # class weights: the computing dtype for the kernel, float64 for the sums
         if weight is None:
             p.class_weight_sum = <double>p.n_classes
+        elif (is_real_array(weight, False) and cnp.PyArray_NDIM(<cnp.ndarray>weight) == 1
+                and cnp.PyArray_DIM(<cnp.ndarray>weight, 0) == p.n_classes):
+            self.class_weight = weight if is_array(weight, typenum) else cnp.PyArray_FROMANY(
+                weight, typenum, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
+            self.class_weight_64 = as_float64_rows(<cnp.ndarray>weight)
+            p.class_weight = cnp.PyArray_DATA(<cnp.ndarray>self.class_weight)
+            p.class_weight_sum = weight_sum(<cnp.ndarray>self.class_weight_64, p.smoothing)
         else:
             self.class_weight, self.class_weight_64, p.class_weight_sum = _args.class_weights(
                 weight, p.n_classes, x.dtype)
@@ -458,14 +520,16 @@ cdef class Call:
         # target: class indices (the per-example shape) or dense (the logits' shape)
         if target is NO_TARGET:
             p.target_kind = CE_TARGET_NONE
-        elif (type(target) is cnp.ndarray and self._rows is None
-                and cnp.PyArray_TYPE(<cnp.ndarray>target) == cnp.NPY_INT64
-                and cnp.PyArray_NDIM(<cnp.ndarray>target) == nd - 1
-                and (nd == 1 or cnp.PyArray_DIM(<cnp.ndarray>target, 0) == p.n_rows)
-                and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>target)
-                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>target)):
+        elif is_array(target, cnp.NPY_INT64) and self.per_example(<cnp.ndarray>target):
             p.target_kind = CE_TARGET_INDEX
             self.labels = target if nd == 2 else target.reshape(1)
+        elif (self._rows is None and type(target) is cnp.ndarray
+                and cnp.PyArray_TYPE(<cnp.ndarray>target) == typenum
+                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>target)
+                and same_shape(<cnp.ndarray>target, x) and row_major_ok(<cnp.ndarray>target)):
+            p.target_kind = CE_TARGET_DENSE   # the logits' shape and dtype: its own rows view
+            self.target_rows = target
+            set_output_view(&p.t, target, self, "target", False)
         else:
             dense, self.labels, self.target_rows = _args.target_rows(
                 target, self.shape, self.rest, self.axes, x.dtype, p.n_classes)
@@ -476,7 +540,10 @@ cdef class Call:
             p.labels = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self.labels)
 
         if sample_weight is not None:
-            self.row_weight = _args.sample_weights(sample_weight, self.rest)
+            if is_real_array(sample_weight) and self.per_example(<cnp.ndarray>sample_weight):
+                self.row_weight = flat(as_float64_rows(<cnp.ndarray>sample_weight))
+            else:
+                self.row_weight = _args.sample_weights(sample_weight, self.rest)
             p.row_weight = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.row_weight)
 
         # labels in [0, C) or ignore_index, before anything is written; the mean's denominator
@@ -500,6 +567,11 @@ cdef class Call:
         # the upstream gradient: a scale, times a per-row array for reduction="none"
         if type(grad_output) is float:
             p.grad_scale = grad_output
+        elif (self.red == 2 and is_real_array(grad_output)
+                and self.per_example(<cnp.ndarray>grad_output)):
+            p.grad_scale = 1.0
+            self.upstream_grad = flat(as_float64_rows(<cnp.ndarray>grad_output))
+            p.row_grad = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.upstream_grad)
         else:
             p.grad_scale, self.upstream_grad = _args.upstream_grad(grad_output, self.reduction,
                                                                    self.rest)
@@ -508,10 +580,21 @@ cdef class Call:
         if self.red == 0:   # a mean over nothing has a zero gradient
             p.grad_scale = p.grad_scale / self.weight_total if self.weight_total != 0 else 0.0
         if lse is not None:
-            self.lse_in = _args.saved_lse(lse, self.rest, p.from_logits)
+            if p.from_logits and is_array(lse, cnp.NPY_DOUBLE) and self.per_example(<cnp.ndarray>lse):
+                self.lse_in = flat(<cnp.ndarray>lse)
+            else:
+                self.lse_in = _args.saved_lse(lse, self.rest, p.from_logits)
             p.lse_in = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.lse_in)
         if self.dtype != x.dtype:   # computed in a wider dtype: clip at the result dtype's eps
             p.clip = _args.eps(self.dtype)
+
+    cdef bint per_example(self, cnp.ndarray a) noexcept:
+        """`a` has the per-example shape (the class axis last of 1-d / 2-d logits only)."""
+        if self._rows is not None:
+            return False
+        if cnp.PyArray_NDIM(<cnp.ndarray>self.x) == 1:
+            return cnp.PyArray_NDIM(a) == 0
+        return cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_DIM(a, 0) == self.outer
 
     @property
     def n_rows(self):
@@ -562,7 +645,15 @@ cdef class Call:
         """The reduction of the rows' losses, in the result dtype."""
         cdef double v
         cdef float v32
+        cdef cnp.ndarray rows
         if self.red == 2:
+            if self._rows is None and cnp.PyArray_NDIM(<cnp.ndarray>self.x) == 2 \
+                    and self.dtype is <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
+                if self.is_double:
+                    return row_loss
+                rows = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>row_loss), cnp.NPY_FLOAT, 0)
+                cnp.PyArray_CopyInto(rows, <cnp.ndarray>row_loss)
+                return rows
             return row_loss.reshape(self.rest).astype(self.dtype)
         v = total / self.weight_total if self.red == 0 else total   # 0 / 0: NaN, a mean over nothing
         if self.dtype is not <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
@@ -576,14 +667,57 @@ cdef class Call:
         """(array for the caller, view the kernel writes, array to copy into it or None)."""
         cdef cnp.ndarray x = <cnp.ndarray>self.x
         cdef cnp.ndarray g
-        if out is None and self._rows is None and self.dtype is <object>cnp.PyArray_DESCR(x):
-            g = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
-            return g, g, None
+        if self._rows is None and self.dtype is <object>cnp.PyArray_DESCR(x):
+            if out is None:
+                g = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+                return g, g, None
+            if (type(out) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.PyArray_TYPE(x)
+                    and same_shape(<cnp.ndarray>out, x) and cnp.PyArray_SIZE(x) > 0
+                    and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
+                    and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>out) and row_major_ok(<cnp.ndarray>out)
+                    and (self.target_rows is None or not overlaps(<cnp.ndarray>out, <cnp.ndarray>self.target_rows))
+                    and (not overlaps(<cnp.ndarray>out, x) or same_view(<cnp.ndarray>out, x))):
+                return out, out, None
         return _args.output_for(self, out)
 
 
-cdef inline int set_output_view(ce_view *v, object a, Call call, str name) except -1:
-    """An output of the logits' computing dtype: the (outer, C, inner) rows view,
+cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef int i
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+        return False
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIM(a, i) != cnp.PyArray_DIM(b, i):
+            return False
+    return True
+
+
+cdef inline bint same_view(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Element for element the same memory (out= is the logits: in place)."""
+    cdef int i
+    if cnp.PyArray_DATA(a) != cnp.PyArray_DATA(b) or not same_shape(a, b):
+        return False
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_STRIDES(a)[i] != cnp.PyArray_STRIDES(b)[i]:
+            return False
+    return True
+
+
+cdef double weight_sum(cnp.ndarray w64, double smoothing):
+    """The class weights' sum as NumPy adds them (it enters the smoothed loss);
+    without smoothing it is multiplied by 0, so only whether it is finite counts."""
+    cdef const double *w = <const double *>cnp.PyArray_DATA(w64)
+    cdef Py_ssize_t i
+    cdef double total = 0.0
+    if smoothing != 0.0:
+        return float(w64.sum())
+    for i in range(cnp.PyArray_DIM(w64, 0)):
+        total += w[i]
+    return total
+
+
+cdef inline int set_output_view(ce_view *v, object a, Call call, str name,
+                                bint written=True) except -1:
+    """An array of the logits' computing dtype: the (outer, C, inner) rows view,
     or, when inner is 1, the 2-d (outer, C) / 1-d (C,) array itself."""
     cdef cnp.ndarray arr, x = <cnp.ndarray>call.x
     cdef Py_ssize_t item, outer = call.outer
@@ -592,7 +726,7 @@ cdef inline int set_output_view(ce_view *v, object a, Call call, str name) excep
         raise TypeError(f"ce._kernels.solve: {name} must be an ndarray")
     arr = <cnp.ndarray>a
     nd = cnp.PyArray_NDIM(arr)
-    if (cnp.PyArray_TYPE(arr) != cnp.PyArray_TYPE(x) or not cnp.PyArray_ISWRITEABLE(arr)
+    if (cnp.PyArray_TYPE(arr) != cnp.PyArray_TYPE(x) or (written and not cnp.PyArray_ISWRITEABLE(arr))
             or not cnp.PyArray_ISNOTSWAPPED(arr) or not row_major_ok(arr)):
         raise ValueError(f"ce._kernels.solve: {name} must be a writeable aligned native "
                          f"array of dtype {x.dtype}")
