@@ -580,8 +580,9 @@ cdef class Call:
         if self.red == 0:   # a mean over nothing has a zero gradient
             p.grad_scale = p.grad_scale / self.weight_total if self.weight_total != 0 else 0.0
         if lse is not None:
-            if p.from_logits and is_array(lse, cnp.NPY_DOUBLE) and self.per_example(<cnp.ndarray>lse):
-                self.lse_in = flat(<cnp.ndarray>lse)
+            if (p.from_logits and is_real_array(lse, False) and cnp.PyArray_ISFLOAT(<cnp.ndarray>lse)
+                    and self.per_example(<cnp.ndarray>lse)):
+                self.lse_in = flat(as_float64_rows(<cnp.ndarray>lse))
             else:
                 self.lse_in = _args.saved_lse(lse, self.rest, p.from_logits)
             p.lse_in = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.lse_in)
@@ -645,16 +646,8 @@ cdef class Call:
         """The reduction of the rows' losses, in the result dtype."""
         cdef double v
         cdef float v32
-        cdef cnp.ndarray rows
         if self.red == 2:
-            if self._rows is None and cnp.PyArray_NDIM(<cnp.ndarray>self.x) == 2 \
-                    and self.dtype is <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
-                if self.is_double:
-                    return row_loss
-                rows = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>row_loss), cnp.NPY_FLOAT, 0)
-                cnp.PyArray_CopyInto(rows, <cnp.ndarray>row_loss)
-                return rows
-            return row_loss.reshape(self.rest).astype(self.dtype)
+            return self.per_example_result(row_loss)
         v = total / self.weight_total if self.red == 0 else total   # 0 / 0: NaN, a mean over nothing
         if self.dtype is not <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
             return self.dtype.type(v)
@@ -662,6 +655,18 @@ cdef class Call:
             return PyArray_Scalar(&v, cnp.PyArray_DESCR(<cnp.ndarray>self.x), None)
         v32 = <float>v
         return PyArray_Scalar(&v32, cnp.PyArray_DESCR(<cnp.ndarray>self.x), None)
+
+    cdef object per_example_result(self, object rows64):
+        """float64 per-row values -> an array of the per-example shape in the result dtype."""
+        cdef cnp.ndarray rows
+        if self._rows is None and cnp.PyArray_NDIM(<cnp.ndarray>self.x) == 2 \
+                and self.dtype is <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
+            if self.is_double:
+                return rows64
+            rows = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>rows64), cnp.NPY_FLOAT, 0)
+            cnp.PyArray_CopyInto(rows, <cnp.ndarray>rows64)
+            return rows
+        return rows64.reshape(self.rest).astype(self.dtype)
 
     cdef tuple gradient_buffer(self, object out):
         """(array for the caller, view the kernel writes, array to copy into it or None)."""
@@ -864,7 +869,7 @@ def loss_and_gradient(Call call not None, out=None, return_lse=False):
         np.copyto(result, copy_back, casting="unsafe")
     value = call.value(total, row_loss)
     if return_lse:
-        return value, result, row_lse.reshape(call.rest).astype(call.dtype)
+        return value, result, call.per_example_result(row_lse)
     return value, result
 
 
