@@ -11,8 +11,6 @@ import operator
 
 import numpy as np
 
-from . import _kernels
-
 REDUCTIONS = ("none", "sum", "mean")
 
 
@@ -37,17 +35,23 @@ def as_logits(x, name="logits"):
     """Return (array in a computing dtype, result dtype)."""
     x = as_array(x, name)
     dt = x.dtype
-    if dt.kind != "f":
-        raise TypeError(f"{name} must be a float16/float32/float64 array, got dtype {dt}")
-    if x.ndim == 0:
-        raise ValueError(f"{name} must have at least one dimension (the class axis)")
+    check_logits_meta(dt, x.ndim, name)
     if dt.itemsize == 2:
         return x.astype(np.float32), np.dtype(np.float16)
-    if dt.itemsize > 8:
-        raise TypeError(f"{name} dtype {dt} is not supported (use float32 or float64)")
     if not dt.isnative:
         x = x.astype(dt.newbyteorder("="))
     return x, x.dtype
+
+
+def check_logits_meta(dtype, ndim, name="logits"):
+    """What a front end holding only the dtype and the number of dimensions (a Dask
+    array, a file header) can check of the logits."""
+    if dtype.kind != "f":
+        raise TypeError(f"{name} must be a float16/float32/float64 array, got dtype {dtype}")
+    if ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (the class axis)")
+    if dtype.itemsize > 8:
+        raise TypeError(f"{name} dtype {dtype} is not supported (use float32 or float64)")
 
 
 def same_dtype(a, b):
@@ -163,103 +167,140 @@ def check_float(value, name, lo=None, hi=None, allow_none=False):
     return v
 
 
-class Problem:
-    """A validated cross-entropy call, ready for one kernel run."""
-
-    __slots__ = (
-        "x", "rest", "dtype", "n_classes", "n_rows", "kind", "labels", "t",
-        "class_weight", "class_weight_64", "class_weight_sum", "row_weight",
-        "smoothing", "z_loss", "softcap", "from_logits", "ignore_index",
-        "n_threads", "reduction", "axes", "shape",
-    )
+def check_classes(n_classes, axis, name="logits"):
+    if n_classes == 0:
+        raise ValueError(f"{name} has no classes: the class axis {axis!r} has size 0")
 
 
-def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index,
-            label_smoothing, from_logits, n_threads, z_loss, softcap):
-    p = Problem()
-    p.reduction = check_reduction(reduction)
-    x, p.dtype = as_logits(logits)
-    p.shape = x.shape
-    p.axes = class_axes(axis, x.ndim)
-    p.x, p.rest = rows_view(x, p.axes)
-    p.n_classes = p.x.shape[1]
-    p.n_rows = p.x.shape[0] * p.x.shape[2]
-    if p.n_classes == 0:
-        raise ValueError(f"logits has no classes: the class axis {axis!r} has size 0")
-    p.n_threads = check_threads(n_threads)
-    p.smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
-    p.z_loss = check_float(z_loss, "z_loss", 0.0)
+def check_softcap(softcap):
+    """None (off: 0.0) or a finite float > 0."""
     cap = check_float(softcap, "softcap", allow_none=True)
     if cap is not None and not 0.0 < cap < math.inf:
         raise ValueError(f"softcap must be > 0 and finite (or None to turn it off), got {softcap!r}")
-    p.softcap = cap or 0.0
-    if not isinstance(from_logits, (bool, np.bool_)):
-        raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
-    p.from_logits = bool(from_logits)
-    if not p.from_logits and (p.z_loss != 0.0 or p.softcap != 0.0):
+    return cap or 0.0
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_logit_options(from_logits, z_loss, softcap):
+    if not from_logits and (z_loss != 0.0 or softcap != 0.0):
         raise ValueError("z_loss and softcap apply to logits only (from_logits=True)")
+
+
+def check_ignore_index(ignore_index):
+    """An int that fits in int64 (a bool is not an int here)."""
     try:
         if isinstance(ignore_index, (bool, np.bool_)):
             raise TypeError
-        p.ignore_index = operator.index(ignore_index)
+        value = operator.index(ignore_index)
     except TypeError:
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}") from None
-    if not -(2**63) <= p.ignore_index < 2**63:
+    if not -(2**63) <= value < 2**63:
         raise ValueError(f"ignore_index={ignore_index} does not fit in int64")
-    compute = p.x.dtype
+    return value
 
-    # class weights: kept in the computing dtype for the kernel, float64 for sums
-    if weight is None:
-        p.class_weight = p.class_weight_64 = None
-        p.class_weight_sum = float(p.n_classes)
-    else:
-        w = _real_array(weight, "weight")
-        if w.shape != (p.n_classes,):
-            raise ValueError(f"weight must have shape ({p.n_classes},) (one per class), got {w.shape}")
-        p.class_weight_64 = c_array(w, dtype=np.float64)
-        p.class_weight = c_array(w, dtype=compute)
-        p.class_weight_sum = float(p.class_weight_64.sum())
 
-    # target: class indices (per-example shape) or dense (logits' shape)
+def check_lse_applies(from_logits):
+    if not from_logits:
+        raise ValueError("lse applies to logits only (from_logits=True)")
+
+
+def check_return_lse(return_lse, from_logits):
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    if return_lse and not from_logits:
+        raise ValueError("return_lse applies to logits only (from_logits=True)")
+
+
+def eps(dtype):
+    """The probability floor of from_logits=False: the result dtype's machine epsilon."""
+    return float(np.finfo(dtype).eps)
+
+
+def class_weights(weight, n_classes, compute):
+    """(weights in the computing dtype for the kernel, float64 weights, their float64 sum)."""
+    w = _real_array(weight, "weight")
+    if w.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
+    w64 = c_array(w, dtype=np.float64)
+    return c_array(w, dtype=compute), w64, float(w64.sum())
+
+
+def target_rows(target, shape, rest, axes, compute, n_classes):
+    """(dense, int64 labels of length N or None, dense (outer, C, inner) view or None).
+
+    Class indices have the per-example shape `rest`; a dense target (one-hot or
+    probabilities) has the logits' `shape`."""
     tgt = as_array(target, "target")
-    if tgt.shape == p.shape and not (tgt.shape == p.rest and tgt.dtype.kind in "iu"):
+    if tgt.shape == shape and not (tgt.shape == rest and tgt.dtype.kind in "iu"):
         if tgt.dtype.kind not in "fiub":
             raise TypeError(f"target (dense) must be a real array, got dtype {tgt.dtype}")
-        p.kind = _kernels.TARGET_DENSE
         t = tgt.astype(compute, copy=False)
         if not t.dtype.isnative:
             t = t.astype(compute.newbyteorder("="))
-        p.t, _ = rows_view(t, p.axes)
-        p.labels = None
-    elif tgt.shape == p.rest:
-        if tgt.dtype.kind not in "iu":
-            raise TypeError(
-                f"target of shape {tgt.shape} holds class indices and must be an integer array, "
-                f"got dtype {tgt.dtype}")
+        return True, None, rows_view(t, axes)[0]
+    if tgt.shape == rest:
+        check_index_dtype(tgt.dtype, tgt.shape)
         if tgt.dtype == np.uint64 and tgt.size and tgt.max() > np.iinfo(np.int64).max:
             pos = np.unravel_index(int(np.argmax(tgt > np.iinfo(np.int64).max)), tgt.shape)
             raise ValueError(f"target has label {tgt[pos]} at position {tuple(int(i) for i in pos)}, "
-                             f"outside [0, {p.n_classes})")
-        p.kind = _kernels.TARGET_INDEX
-        p.labels = c_array(tgt, dtype=np.int64).reshape(-1)
-        p.t = None
-    else:
-        raise ValueError(
-            f"target must have shape {p.rest} (class indices) or {p.shape} (probabilities), "
-            f"got {tgt.shape}")
+                             f"outside [0, {n_classes})")
+        return False, c_array(tgt, dtype=np.int64).reshape(-1), None
+    raise ValueError(
+        f"target must have shape {rest} (class indices) or {shape} (probabilities), "
+        f"got {tgt.shape}")
 
-    if sample_weight is None:
-        p.row_weight = None
-    else:
-        sw = _real_array(sample_weight, "sample_weight", allow_bool=True)
-        if sw.shape != p.rest:
-            try:
-                sw = np.broadcast_to(sw, p.rest)
-            except ValueError:
-                raise ValueError(
-                    f"sample_weight must have the per-example shape {p.rest}, got {sw.shape}") from None
-        p.row_weight = c_array(sw, dtype=np.float64).reshape(-1)
-    return p
+
+def check_index_dtype(dtype, shape):
+    """Class indices are integers (any width, signed or not)."""
+    if dtype.kind not in "iu":
+        raise TypeError(
+            f"target of shape {shape} holds class indices and must be an integer array, "
+            f"got dtype {dtype}")
+
+
+def check_index_target(shape, dtype, rest):
+    """For front ends that take class indices only (ce.score, ce.dask, the CLI):
+    the per-example shape and an integer dtype."""
+    if tuple(shape) != tuple(rest):
+        raise ValueError(f"target must have shape {tuple(rest)} (class indices: the logits' shape "
+                         f"without the class axis), got {tuple(shape)}")
+    check_index_dtype(dtype, tuple(shape))
+
+
+def dense_not_accepted(rest, who):
+    """The TypeError of a front end that takes class indices only."""
+    return TypeError(
+        f"target must hold class indices of shape {tuple(rest)} (the logits' shape without the "
+        f"class axis); {who} does not take one-hot or probability targets")
+
+
+def check_top_k(top_k):
+    """Normalise top_k (an int or ints >= 1) into a sorted tuple of unique ints."""
+    ks = (top_k,) if isinstance(top_k, (int, np.integer)) else top_k
+    try:
+        ks = [operator.index(k) for k in ks]
+    except TypeError:
+        raise TypeError(f"top_k must be an int or a sequence of ints, got {top_k!r}") from None
+    if isinstance(top_k, (bool, np.bool_)) or any(k < 1 for k in ks):
+        raise ValueError(f"top_k values must be ints >= 1, got {top_k!r}")
+    return tuple(sorted(set(ks)))
+
+
+def sample_weights(sample_weight, rest):
+    """Per-example weights (float, or a bool mask) broadcast to `rest`, as flat float64."""
+    sw = _real_array(sample_weight, "sample_weight", allow_bool=True)
+    if sw.shape != rest:
+        try:
+            sw = np.broadcast_to(sw, rest)
+        except ValueError:
+            raise ValueError(
+                f"sample_weight must have the per-example shape {rest}, got {sw.shape}") from None
+    return c_array(sw, dtype=np.float64).reshape(-1)
 
 
 def _real_array(a, name, allow_bool=False):
@@ -270,40 +311,80 @@ def _real_array(a, name, allow_bool=False):
     return a
 
 
-def check_labels(p):
-    """Validate class indices; return the mean's denominator (total weight)."""
-    if p.kind == _kernels.TARGET_INDEX:
-        bad, total, _ = _kernels.check_labels(p.labels, p.n_classes, p.ignore_index,
-                                              p.class_weight_64, p.row_weight)
-        if bad >= 0:
-            pos = np.unravel_index(bad, p.rest) if p.rest else ()
-            pos = tuple(int(i) for i in pos)
+def bad_label(labels, bad, rest, n_classes, ignore_index, name="target",
+              ignore_name="ignore_index", offset=0):
+    """The ValueError for labels[bad], at flat position offset + bad of the
+    per-example shape `rest` (offset: where a chunk's labels start). ignore_index
+    None: the caller's API has none, so the message does not mention it."""
+    pos = tuple(int(i) for i in np.unravel_index(offset + bad, rest)) if rest else ()
+    ignored = "" if ignore_index is None else f" and not {ignore_name}={ignore_index}"
+    return ValueError(f"{name} has label {int(labels[bad])} at position {pos}, outside "
+                      f"[0, {n_classes}){ignored}")
+
+
+def find_bad_label(labels, n_classes, ignore_index):
+    """Flat position of the first label outside [0, C) and not ignore_index, or -1
+    (the kernels' own check, for front ends that validate chunk by chunk)."""
+    from . import _kernels
+    return _kernels.check_labels(c_array(labels, dtype=np.int64).reshape(-1), n_classes,
+                                 ignore_index, None, None)[0]
+
+
+def upstream_grad(grad_output, reduction, rest):
+    """grad_output -> (scalar scale, per-row float64 array or None); the mean's
+    division by the total weight is applied by the caller."""
+    try:
+        go = np.asarray(grad_output)
+    except Exception as exc:
+        raise TypeError(f"grad_output must be a real number or array: {exc}") from exc
+    if go.dtype.kind not in "fiub":
+        raise TypeError(f"grad_output must be real, got dtype {go.dtype}")
+    if reduction != "none":
+        if go.ndim != 0:
             raise ValueError(
-                f"target has label {int(p.labels[bad])} at position {pos}, outside "
-                f"[0, {p.n_classes}) and not ignore_index={p.ignore_index}")
-        return total
-    if p.row_weight is None:
-        return float(p.n_rows)
-    return float(p.row_weight.sum())
+                f"grad_output must be a scalar for reduction={reduction!r}, got shape {go.shape}")
+        return float(go), None
+    if go.ndim == 0:
+        return float(go), None
+    try:
+        rows = np.broadcast_to(go, rest)
+    except ValueError:
+        raise ValueError(
+            f"grad_output of shape {go.shape} does not broadcast to the per-example shape {rest}"
+        ) from None
+    return 1.0, c_array(rows, dtype=np.float64).reshape(-1)
+
+
+def saved_lse(lse, rest, from_logits):
+    """The per-example lse of a forward (return_lse=True), as flat float64."""
+    check_lse_applies(from_logits)
+    lse_arr = as_array(lse, "lse")
+    if lse_arr.dtype.kind != "f":
+        raise TypeError(f"lse must be a float array, got dtype {lse_arr.dtype}")
+    if lse_arr.shape != rest:
+        raise ValueError(f"lse must have the per-example shape {rest}, got {lse_arr.shape}")
+    return c_array(lse_arr, dtype=np.float64).reshape(-1)
 
 
 def new_output(p, dtype):
     """A fresh gradient-shaped array and its (outer, C, inner) view, never a copy."""
     if p.axes == tuple(range(p.axes[0], p.axes[-1] + 1)):
         g = np.empty(p.shape, dtype=dtype)
-        return g, g.reshape(p.x.shape)  # C-ordered: always a view
+        return g, g.reshape(p.rows.shape)  # C-ordered: always a view
     nd, k = len(p.shape), len(p.axes)
     moved = np.empty(moved_shape(p.shape, p.axes), dtype=dtype)
-    view = moved.reshape(p.x.shape)
+    view = moved.reshape(p.rows.shape)
     return np.moveaxis(moved, range(nd - k, nd), p.axes), view
 
 
 def output_for(p, out, name="out"):
-    """The gradient buffer. Returns (array for the caller, (outer, C, inner) view the
-    kernel writes, array to copy into `out` afterwards or None)."""
+    """The gradient buffer of call `p` (a ce._kernels.Call). Returns (array for the
+    caller, (outer, C, inner) view the kernel writes, array to copy into `out`
+    afterwards or None)."""
+    x = p.rows
     if out is None:
-        g, view = new_output(p, p.x.dtype)
-        if p.dtype != p.x.dtype:  # float16: computed in float32, returned as float16
+        g, view = new_output(p, x.dtype)
+        if p.dtype != x.dtype:  # float16: computed in float32, returned as float16
             return np.empty(p.shape, dtype=p.dtype), view, g
         return g, view, None
     if not isinstance(out, np.ndarray):
@@ -314,15 +395,15 @@ def output_for(p, out, name="out"):
         raise TypeError(f"{name} must have the logits' dtype {p.dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    if p.t is not None and np.may_share_memory(out, p.t):
+    if p.target_rows is not None and np.may_share_memory(out, p.target_rows):
         raise ValueError(f"{name} must not overlap target")
-    if out.dtype == p.x.dtype and out.size:
+    if out.dtype == x.dtype and out.size:
         view = rows_view(out, p.axes)[0]
-        in_place = view.__array_interface__["data"][0] == p.x.__array_interface__["data"][0] \
-            and view.strides == p.x.strides
-        if np.may_share_memory(view, out) and (in_place or not np.may_share_memory(view, p.x)):
+        in_place = view.__array_interface__["data"][0] == x.__array_interface__["data"][0] \
+            and view.strides == x.strides
+        if np.may_share_memory(view, out) and (in_place or not np.may_share_memory(view, x)):
             return out, view, None
     # float16, byte-swapped, a layout no view describes, or overlapping the logits
     # other than element for element: computed aside, then copied into out
-    g, view = new_output(p, p.x.dtype)
+    g, view = new_output(p, x.dtype)
     return out, view, g

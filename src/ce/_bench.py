@@ -276,6 +276,100 @@ def plot(results, path):
     return True
 
 
+# ---- per-call overhead: the Python layer's cost on top of the kernel run ----
+
+OVERHEAD_SHAPES = [(1, 10), (64, 10), (1, 1000)]
+
+
+def overhead_cases(n, c, dtype=np.float32, seed=0):
+    """(label, public function, its keywords): the common call and every option."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c)).astype(dtype)
+    y = rng.integers(0, c, n)
+    probs = rng.random((n, c)).astype(dtype)
+    probs /= probs.sum(axis=1, keepdims=True)
+    w, sw = rng.random(c).astype(dtype), rng.random(n)
+    loss, fused = ce.cross_entropy, ce.cross_entropy_with_grad
+    every = dict(axis=1, reduction="sum", weight=w, sample_weight=sw, ignore_index=3,
+                 label_smoothing=0.1, z_loss=1e-4, softcap=30.0, n_threads=1)
+    return x, y, probs, [
+        ("common call", loss, {}),
+        ("common call, fused", fused, {}),
+        ("axis=1", loss, dict(axis=1)),
+        ("reduction='sum'", loss, dict(reduction="sum")),
+        ("reduction='none'", loss, dict(reduction="none")),
+        ("ignore_index=3", loss, dict(ignore_index=3)),
+        ("label_smoothing=0.1", loss, dict(label_smoothing=0.1)),
+        ("weight=", loss, dict(weight=w)),
+        ("sample_weight=", loss, dict(sample_weight=sw)),
+        ("z_loss=1e-4", loss, dict(z_loss=1e-4)),
+        ("softcap=30", loss, dict(softcap=30.0)),
+        ("n_threads=1", loss, dict(n_threads=1)),
+        ("dense target", loss, dict(target="probs")),
+        ("from_logits=False", loss, dict(logits="probs", from_logits=False)),
+        ("fused, out=", fused, dict(out=np.empty_like(x))),
+        ("fused, return_lse=True", fused, dict(return_lse=True)),
+        ("fused, reduction='none', grad_output=", fused,
+         dict(reduction="none", grad_output=rng.random(n))),
+        ("grad, lse=", ce.cross_entropy_grad, dict(lse="lse")),
+        ("every option, loss", loss, every),
+        ("every option, fused", fused, dict(every, out=np.empty_like(x))),
+    ]
+
+
+def min_time(f, number=200, repeat=50):
+    """Best mean seconds per call over `repeat` runs of `number` calls (min: the
+    least disturbed run on a shared machine)."""
+    f()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(number):
+            f()
+        best = min(best, (time.perf_counter() - t) / number)
+    return best
+
+
+def overhead(shapes=OVERHEAD_SHAPES, log=print):
+    """Per-call time of each case, of its bare kernel run (a prebuilt Call and
+    preallocated outputs through ce._kernels.solve) and the difference: what the
+    Python layer (normalisation, allocation, reduction) costs."""
+    rows = []
+    for n, c in shapes:
+        x, y, probs, cases = overhead_cases(n, c)
+        for label, fn, kw in cases:
+            kw = dict(kw)
+            logits = probs if kw.pop("logits", None) == "probs" else x
+            target = probs if kw.get("target") == "probs" else y
+            kw.pop("target", None)
+            if kw.get("lse") == "lse":
+                kw["lse"] = ce.cross_entropy_with_grad(logits, target, return_lse=True)[2]
+            public = (lambda: fn(logits, target, **kw))
+            call_kw = {k: v for k, v in kw.items() if k not in ("out", "return_lse")}
+            call = _kernels.Call(logits=logits, target=target, **call_kw)
+            outs = {}
+            if fn is not ce.cross_entropy:
+                outs["grad"] = np.empty_like(logits)
+            if kw.get("reduction") == "none":
+                outs["row_loss"] = np.empty(n)
+            if kw.get("return_lse"):
+                outs["row_lse"] = np.empty(n)
+            bare = (lambda: _kernels.solve(call, **outs))
+            t_public, t_bare = min_time(public), min_time(bare)
+            rows.append({"shape": f"{n} x {c}", "case": label, "public_us": t_public * 1e6,
+                         "kernel_us": t_bare * 1e6, "overhead_us": (t_public - t_bare) * 1e6})
+            log(f"{n} x {c:<5} {label:40s} {t_public * 1e6:7.2f} us  kernel {t_bare * 1e6:6.2f} us  "
+                f"overhead {(t_public - t_bare) * 1e6:5.2f} us")
+    return rows
+
+
+def overhead_markdown(rows):
+    lines = ["| shape | call | per call | kernel run | overhead |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['shape']} | {r['case']} | {r['public_us']:.2f} us | {r['kernel_us']:.2f} us | "
+              f"{r['overhead_us']:.2f} us |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m ce bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 30 seconds: fewer shapes, float32 only")
@@ -284,7 +378,20 @@ def main(argv=None):
     ap.add_argument("--markdown", metavar="FILE", help="write the README table")
     ap.add_argument("--peers", default="ce,numpy,torch,jax", help="comma-separated implementations")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
+    ap.add_argument("--overhead", action="store_true",
+                    help="only the per-call overhead table (float32, every option; single thread "
+                         "recommended: OMP_NUM_THREADS=1)")
     args = ap.parse_args(argv)
+    if args.overhead:
+        print(f"ce per-call overhead on {cpu_name()}, {_kernels.simd_level()}: best of 50 runs of "
+              f"200 calls", flush=True)
+        rows = overhead()
+        print()
+        print(overhead_markdown(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"overhead": rows}, f, indent=1)
+        return 0
     peers = set(args.peers.split(",")) | {"ce"}
     shapes = QUICK_SHAPES if args.quick else SHAPES
     dtypes = [np.float32] if args.quick else [np.float32, np.float64]

@@ -195,7 +195,6 @@ typedef struct {
     double *row_loss, *row_lse;
     int64_t *row_argmax, *row_rank;
     double *block_loss;           /* one partial sum per block */
-    int failed;                   /* set when a scratch allocation failed */
 } ce_problem;
 
 CE_INLINE Py_ssize_t ce_offset(const ce_view *v, Py_ssize_t row, Py_ssize_t inner)

@@ -618,8 +618,9 @@ CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_
 
 /* Rows [b * block_rows, ...) of the problem; adds their losses in row order
    into block_loss[b]. Scratch tiles are used only for strided rows, a strided
-   gradient or the soft cap. */
-CE_DISPATCH void CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
+   gradient or the soft cap. Returns 0, or -1 when the scratch tile could not be
+   allocated (the block wrote nothing then). */
+CE_DISPATCH int CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
 {
     unsigned int csr;
     CE_FTZ_ON(csr);
@@ -637,14 +638,13 @@ CE_DISPATCH void CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
         if (p->block_loss)
             p->block_loss[b] = acc;
         CE_FTZ_OFF(csr);
-        return;
+        return 0;
     }
     if (tile_x || tile_t || tile_g) {
         scratch = (CE_REAL *)malloc((size_t)(3 * n) * sizeof(CE_REAL));
         if (!scratch) {
-            p->failed = 1;
             CE_FTZ_OFF(csr);
-            return;
+            return -1;
         }
     }
     double acc = 0.0;
@@ -682,6 +682,7 @@ CE_DISPATCH void CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
         p->block_loss[b] = acc;
     free(scratch);
     CE_FTZ_OFF(csr);
+    return 0;
 }
 
 #undef CE_FN

@@ -19,6 +19,7 @@ import zipfile
 
 import numpy as np
 
+from . import _args
 from ._score import Score, check_top_k, score
 
 PROG = "python -m ce score"
@@ -244,23 +245,26 @@ def parser():
 # ---- scoring ----
 
 def check_shapes(x, t, axis):
+    """The core's checks on the sources' shapes and dtypes, as one-line DataErrors."""
     if len(x.shape) < 2:
         raise DataError(f"logits must have a first axis of examples and a class axis; "
                         f"{x.name} has shape {x.shape}")
-    if not -len(x.shape) <= axis < len(x.shape):
-        raise DataError(f"--axis {axis} is out of range for logits of shape {x.shape}")
-    ax = axis % len(x.shape)
+    try:
+        (ax,) = _args.class_axes(axis, len(x.shape))
+    except (TypeError, ValueError):
+        raise DataError(f"--axis {axis} is out of range for logits of shape {x.shape}") from None
     if ax == 0:
         raise DataError("--axis must not be the first axis: the first axis holds the examples")
     expected = x.shape[:ax] + x.shape[ax + 1:]
     if t.shape != expected:
         raise DataError(f"target shape {t.shape} does not match logits shape {x.shape}: "
                         f"expected {expected} (the logits' shape without axis {ax})")
-    if t.dtype.kind not in "iu":
+    try:
+        _args.check_index_target(t.shape, t.dtype, expected)
+    except TypeError:
         raise DataError(f"target must hold integer class indices, got dtype {t.dtype} "
-                        f"(with probabilities as target, use ce.cross_entropy)")
-    if x.dtype.kind != "f":
-        raise DataError(f"logits must be float16/float32/float64, got dtype {x.dtype}")
+                        f"(with probabilities as target, use ce.cross_entropy)") from None
+    _args.check_logits_meta(x.dtype, len(x.shape), "logits")
     return ax
 
 
@@ -276,15 +280,14 @@ def chunk_rows(x, t, budget):
 
 def bad_label_error(t, n_classes, ignore_index, start, name):
     """The one-line error for the first bad label of chunk `t` (rows from `start`), or None."""
-    flat = np.asarray(t).reshape(-1)
-    bad = (flat != ignore_index) & ((flat < 0) | (flat >= n_classes))
-    if not bad.any():
+    bad = _args.find_bad_label(t, n_classes, ignore_index)
+    if bad < 0:
         return None
-    i = int(np.argmax(bad))
-    pos = np.unravel_index(i, t.shape)
-    pos = (int(pos[0]) + start,) + tuple(int(p) for p in pos[1:])
-    return DataError(f"{name}: label {flat[i]} at position {pos} is outside [0, {n_classes}) "
-                     f"and not --ignore-index={ignore_index}")
+    rest = (start + t.shape[0],) + tuple(t.shape[1:])
+    err = _args.bad_label(np.asarray(t).reshape(-1), bad, rest, n_classes, ignore_index,
+                          name=name, ignore_name="--ignore-index",
+                          offset=start * math.prod(t.shape[1:]))
+    return DataError(str(err))
 
 
 class Progress:

@@ -1,25 +1,18 @@
 """Type stubs for the compiled kernels module (ce/_kernels.pyx).
 
-The Python-level functions here are internal (the public API is in ce/__init__.py);
+The Python-level names here are internal (the public API is in ce/__init__.py);
 the C-level API for other Cython packages is declared in _kernels.pxd.
 """
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 _Floats = NDArray[np.floating[Any]]
 _F64 = NDArray[np.float64]
 _I64 = NDArray[np.int64]
 
-MODE_FORWARD: int
-MODE_FUSED: int
-MODE_GRAD_LSE: int
-MODE_SOFTMAX: int
-MODE_LOG_SOFTMAX: int
-TARGET_NONE: int
-TARGET_INDEX: int
-TARGET_DENSE: int
+NO_TARGET: object
 
 def max_threads() -> int: ...
 def have_openmp() -> bool: ...
@@ -32,43 +25,76 @@ def check_labels(
     class_weight: _F64 | None,
     row_weight: _F64 | None,
 ) -> tuple[int, float, int]: ...
-def plain_loss(
-    logits: object,
-    target: object,
-    reduction: object,
-    ignore_index: object,
-    label_smoothing: object,
-) -> np.floating[Any] | _Floats | None: ...
-def plain_loss_and_grad(
-    logits: object,
-    target: object,
-    reduction: object,
-    ignore_index: object,
-    label_smoothing: object,
-    grad_output: object,
-) -> tuple[np.floating[Any], _Floats] | None: ...
-def run(
-    mode: int,
-    x: _Floats,
-    target_kind: int,
-    t: _Floats | None,
-    g: _Floats | None,
-    labels: _I64 | None,
-    ignore_index: int,
-    class_weight: _Floats | None,
-    class_weight_sum: float,
-    row_weight: _F64 | None,
-    row_grad: _F64 | None,
-    grad_scale: float,
-    smoothing: float,
-    z_loss: float,
-    softcap: float,
-    from_logits: bool,
-    lse_in: _F64 | None,
-    row_loss: _F64 | None,
-    row_lse: _F64 | None,
-    row_argmax: _I64 | None,
-    row_rank: _I64 | None,
-    n_threads: int,
-    clip: float = 0.0,
+
+class Call:
+    """One validated call: its inputs and options, and the C problem struct."""
+
+    n_threads: int
+    reduction: Literal["mean", "sum", "none"]
+    dtype: np.dtype[Any]
+    axes: tuple[int, ...]
+    name: str
+    x: _Floats
+    labels: _I64 | None
+    target_rows: _Floats | None
+    class_weight: _Floats | None
+    class_weight_64: _F64 | None
+    row_weight: _F64 | None
+    upstream_grad: _F64 | None
+    lse_in: _F64 | None
+    weight_total: float
+    def __init__(
+        self,
+        *,
+        logits: ArrayLike,
+        target: ArrayLike | object = ...,
+        axis: int | tuple[int, ...] = -1,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+        weight: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        from_logits: bool = True,
+        n_threads: int | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        grad_output: ArrayLike = 1.0,
+        lse: ArrayLike | None = None,
+        name: str = "logits",
+    ) -> None: ...
+    @property
+    def n_rows(self) -> int: ...
+    @property
+    def n_classes(self) -> int: ...
+    @property
+    def ignore_index(self) -> int: ...
+    @property
+    def from_logits(self) -> bool: ...
+    @property
+    def has_labels(self) -> bool: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def rest(self) -> tuple[int, ...]: ...
+    @property
+    def rows(self) -> _Floats: ...
+    def arrays(self) -> list[NDArray[Any]]: ...
+
+def solve(
+    call: Call,
+    *,
+    grad: _Floats | None = None,
+    softmax: _Floats | None = None,
+    log_softmax: _Floats | None = None,
+    row_loss: _F64 | None = None,
+    row_lse: _F64 | None = None,
+    row_argmax: _I64 | None = None,
+    row_rank: _I64 | None = None,
 ) -> float: ...
+def loss(call: Call) -> Any: ...
+def loss_and_lse(call: Call) -> tuple[Any, _F64]: ...
+def gradient(call: Call, out: _Floats | None = None) -> _Floats: ...
+def loss_and_gradient(
+    call: Call, out: _Floats | None = None, return_lse: bool = False
+) -> tuple[Any, _Floats] | tuple[Any, _Floats, _Floats]: ...
+def output_for(call: Call, out: _Floats | None = None) -> tuple[_Floats, _Floats, _Floats | None]: ...

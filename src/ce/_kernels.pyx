@@ -15,6 +15,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport NAN
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 cnp.import_array()
 
@@ -45,37 +46,33 @@ cdef extern from "_ce_core.h" nogil:
         int64_t *row_argmax
         int64_t *row_rank
         double *block_loss
-        int failed
 
+    # the enums are defined in _ce_core.h only; these are declarations of names
     int CE_MODE_FORWARD, CE_MODE_FUSED, CE_MODE_GRAD_LSE, CE_MODE_SOFTMAX, CE_MODE_LOG_SOFTMAX
     int CE_TARGET_NONE, CE_TARGET_INDEX, CE_TARGET_DENSE
+    # rows per block of the class-major kernel: the most rows any block may have
+    enum: CE_SMALL_ROWS
     int ce_max_threads()
     int ce_have_openmp()
     const char *ce_simd_level()
     double ce_probe_read(const double *a, Py_ssize_t n)
     void ce_probe_write(double *a, Py_ssize_t n, double v)
-    void ce_block_f32(ce_problem *p, Py_ssize_t b)
-    void ce_block_f64(ce_problem *p, Py_ssize_t b)
+    int ce_block_f32(ce_problem *p, Py_ssize_t b)
+    int ce_block_f64(ce_problem *p, Py_ssize_t b)
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
                                const double *row_weight, double *total, Py_ssize_t *count)
 
-MODE_FORWARD = CE_MODE_FORWARD
-MODE_FUSED = CE_MODE_FUSED
-MODE_GRAD_LSE = CE_MODE_GRAD_LSE
-MODE_SOFTMAX = CE_MODE_SOFTMAX
-MODE_LOG_SOFTMAX = CE_MODE_LOG_SOFTMAX
-TARGET_NONE = CE_TARGET_NONE
-TARGET_INDEX = CE_TARGET_INDEX
-TARGET_DENSE = CE_TARGET_DENSE
-
-# Below this many logits a parallel region costs more than it saves.
+# Below this many logits a parallel region costs more than it saves (and the GIL is kept).
 DEF PARALLEL_MIN_ELEMENTS = 32768
-# Rows per block: about this many logits, at most MAX_BLOCK_ROWS rows.
+# Rows per block: about this many logits, at most CE_SMALL_ROWS rows.
 DEF BLOCK_ELEMENTS = 16384
-DEF MAX_BLOCK_ROWS = 256
 # Class axis not last: logits per stripe of rows (fits in L2).
 DEF STRIPE_ELEMENTS = 131072
+# Blocks whose partial sums fit on the stack (more: one malloc).
+DEF STACK_BLOCKS = 64
+# Labels past this many are checked without the GIL.
+DEF LABEL_CHECK_NOGIL = 65536
 
 
 # libgomp's thread pool does not survive fork(): a parallel region in the child of a
@@ -139,15 +136,16 @@ cdef inline Py_ssize_t block_rows_for(Py_ssize_t n_classes, Py_ssize_t inner) no
     cdef Py_ssize_t low = 1 if inner == 1 else 16
     if rows < low:
         return low
-    if rows > MAX_BLOCK_ROWS:
-        return MAX_BLOCK_ROWS
+    if rows > CE_SMALL_ROWS:
+        return CE_SMALL_ROWS
     return rows
 
 
-cdef int ce_solve(ce_problem *p, int is_double, int n_threads) noexcept nogil:
-    """Run every block of p; returns 0, or -1 when scratch memory ran out."""
+cdef Py_ssize_t ce_solve(ce_problem *p, int is_double, int n_threads) noexcept nogil:
+    """Run every block of p; returns the number of blocks that failed (each block
+    reports its own status: only a scratch allocation can fail)."""
     cdef Py_ssize_t n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
-    cdef Py_ssize_t b
+    cdef Py_ssize_t b, failures = 0
     cdef int threads = n_threads if n_threads > 0 else ce_max_threads()
     if forked_child:
         threads = 1
@@ -156,16 +154,16 @@ cdef int ce_solve(ce_problem *p, int is_double, int n_threads) noexcept nogil:
     if threads <= 1 or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
         for b in range(n_blocks):
             if is_double:
-                ce_block_f64(p, b)
+                failures += ce_block_f64(p, b) != 0
             else:
-                ce_block_f32(p, b)
+                failures += ce_block_f32(p, b) != 0
     else:
         for b in prange(n_blocks, num_threads=threads, schedule="static"):
             if is_double:
-                ce_block_f64(p, b)
+                failures += ce_block_f64(p, b) != 0
             else:
-                ce_block_f32(p, b)
-    return -1 if p.failed else 0
+                failures += ce_block_f32(p, b) != 0
+    return failures
 
 
 cdef inline void set_view(ce_view *v, cnp.ndarray a):
@@ -314,185 +312,567 @@ cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_class
     return 0 if solve_summed(&p, 1, n_threads) == 0.0 else -1
 
 
-cdef object plain_call(object logits, object target, object reduction, object ignore_index,
-                       object smoothing, object grad_output, bint fused):
-    """The common call, argument checks and all, without the Python layer:
-    C-ordered 2-D float logits, 1-D int64 labels, reduction mean/sum/none,
-    an int ignore_index, a float label_smoothing in [0, 1], a float grad_output;
-    everything else at its default. Returns None for anything else (or a bad
-    label), so the general path does the work and raises every error. Small
-    problems keep the GIL: releasing it costs more than the work."""
-    cdef cnp.ndarray x, t, g = None, rows = None
-    cdef ce_problem p
-    cdef double total = 0.0, count_w = 0.0, eps, go
-    cdef double stack_partial[64]
-    cdef double *partial
-    cdef Py_ssize_t n, c, bad, count = 0, n_blocks, b
-    cdef int typenum, status, red
-    cdef int64_t ignore
-    cdef float loss32
-    cdef double loss64
-    if type(logits) is not cnp.ndarray or type(target) is not cnp.ndarray:
-        return None
-    if type(smoothing) is not float or type(grad_output) is not float or type(ignore_index) is not int:
-        return None
-    eps = smoothing
-    go = grad_output
-    if not (0.0 <= eps <= 1.0) or not (-9223372036854775807 <= ignore_index <= 9223372036854775807):
-        return None
-    ignore = ignore_index
-    if type(reduction) is not str:
-        return None
-    if reduction == "mean":
-        red = 0
-    elif reduction == "sum":
-        red = 1
-    elif reduction == "none":
-        red = 2
-    else:
-        return None
-    if red == 2 and fused:
-        return None  # "none" with a gradient: the general path handles grad_output arrays
-    x = <cnp.ndarray>logits
-    t = <cnp.ndarray>target
-    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(t) != 1:
-        return None
-    typenum = cnp.PyArray_TYPE(x)
-    if (typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE) or cnp.PyArray_TYPE(t) != cnp.NPY_INT64:
-        return None
-    if not cnp.PyArray_ISCARRAY_RO(x) or not cnp.PyArray_ISCARRAY_RO(t):
-        return None
-    n = cnp.PyArray_DIM(x, 0)
-    c = cnp.PyArray_DIM(x, 1)
-    if n == 0 or c == 0 or cnp.PyArray_DIM(t, 0) != n:
-        return None
-    bad = ce_check_labels(<const int64_t *>cnp.PyArray_DATA(t), n, c, ignore, NULL, NULL,
-                          &count_w, &count)
-    if bad >= 0:
-        return None
-    init_rows(&p, <char *>cnp.PyArray_DATA(x), n, c, c, CE_MODE_FORWARD, CE_TARGET_INDEX)
-    p.labels = <const int64_t *>cnp.PyArray_DATA(t)
-    p.ignore_index = ignore
-    p.smoothing = eps
-    if red == 2:
-        rows = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(x), cnp.NPY_DOUBLE, 0)
-        p.row_loss = <double *>cnp.PyArray_DATA(rows)
-    if fused:
-        g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), typenum, 0)
-        p.mode = CE_MODE_FUSED
-        p.g.data = <char *>cnp.PyArray_DATA(g)
-        p.g.s_outer = c
-        p.g.s_class = 1
-        if red == 0:
-            p.grad_scale = go / count_w if count > 0 else 0.0
+# ---- the Python-level seam: a Call describes one call, solve() runs it ----
+
+from . import _args   # the validation layer: every rejection and its message come from there
+
+
+
+NO_TARGET = object()   # a Call without a target: softmax, log_softmax, logsumexp
+
+
+cdef inline bint row_major_ok(cnp.ndarray a) noexcept:
+    """Aligned, with strides in whole elements: the kernels can index it."""
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), i
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+    if not cnp.PyArray_ISALIGNED(a):
+        return False
+    for i in range(cnp.PyArray_NDIM(a)):
+        if st[i] % item:
+            return False
+    return True
+
+
+cdef inline bint is_array(object a, int typenum) noexcept:
+    """An exact ndarray of `typenum`, C-contiguous, aligned, native: usable as it is."""
+    return (type(a) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+cdef inline bint is_real_array(object a, bint allow_bool=True) noexcept:
+    """An exact ndarray of reals (bool too when allowed) in native byte order."""
+    return (type(a) is cnp.ndarray and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)
+            and (cnp.PyArray_ISFLOAT(<cnp.ndarray>a) or cnp.PyArray_ISINTEGER(<cnp.ndarray>a)
+                 or (allow_bool and cnp.PyArray_ISBOOL(<cnp.ndarray>a))))
+
+
+cdef inline object flat(cnp.ndarray a):
+    return a if cnp.PyArray_NDIM(a) == 1 else a.reshape(-1)
+
+
+cdef inline object as_float64_rows(cnp.ndarray a):
+    """A C-contiguous float64 copy of `a`, or `a` itself when it already is one."""
+    if is_array(a, cnp.NPY_DOUBLE):
+        return a
+    return cnp.PyArray_FROMANY(a, cnp.NPY_DOUBLE, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
+
+
+cdef inline void memory_extent(cnp.ndarray a, char **lo, char **hi) noexcept:
+    """[lo, hi): the bytes an array with at least one element touches."""
+    cdef Py_ssize_t i, step
+    cdef char *low = <char *>cnp.PyArray_DATA(a)
+    cdef char *high = low
+    for i in range(cnp.PyArray_NDIM(a)):
+        step = (cnp.PyArray_DIM(a, i) - 1) * cnp.PyArray_STRIDES(a)[i]
+        if step < 0:
+            low += step
         else:
-            p.grad_scale = go
-    n_blocks = (n + p.block_rows - 1) // p.block_rows
-    if n_blocks <= 64:
-        partial = &stack_partial[0]
-    else:
-        partial = <double *>malloc(n_blocks * sizeof(double))
+            high += step
+    lo[0] = low
+    hi[0] = high + cnp.PyArray_ITEMSIZE(a)
+
+
+cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef char *alo
+    cdef char *ahi
+    cdef char *blo
+    cdef char *bhi
+    memory_extent(a, &alo, &ahi)
+    memory_extent(b, &blo, &bhi)
+    return alo < bhi and blo < ahi
+
+
+cdef class Call:
+    """One cross-entropy (or target-free) call, validated and described by name.
+
+    Built once, with keywords only, from the public arguments; it owns the C
+    problem struct the kernels read (inputs and options only: outputs are passed
+    to `solve`). Every check and every error message comes from ce._args; the
+    common argument types (an ndarray, an int, a float, None) are accepted here
+    without a call into Python, the rest are handed to _args, so there is one
+    path for every combination of options.
+    """
+    cdef ce_problem p
+    cdef int is_double
+    cdef int red                    # 0 mean, 1 sum, 2 none
+    cdef Py_ssize_t outer           # rows = outer x inner
+    cdef readonly int n_threads
+    cdef readonly object reduction, dtype, axes, name
+    cdef readonly object x          # the logits, native float (not yet a rows view)
+    cdef readonly object labels     # int64[n_rows] class indices, or None
+    cdef readonly object target_rows   # dense target as an (outer, C, inner) view, or None
+    cdef readonly object class_weight, class_weight_64, row_weight, upstream_grad, lse_in
+    cdef readonly double weight_total   # the mean's denominator
+    cdef object _rows, _rest
+
+    def __init__(self, *, logits, target=NO_TARGET, axis=-1, reduction="mean", weight=None,
+                 sample_weight=None, ignore_index=-100, label_smoothing=0.0, from_logits=True,
+                 n_threads=None, z_loss=0.0, softcap=None, grad_output=1.0, lse=None,
+                 name="logits"):
+        cdef cnp.ndarray x, t
+        cdef ce_problem *p = &self.p
+        cdef int nd, typenum, overflow = 0
+        cdef Py_ssize_t item, outer, bad, count = 0
+        cdef cnp.npy_intp *st
+        cdef double total = 0.0
+        cdef const double *cw64
+        memset(p, 0, sizeof(ce_problem))
+        self.name = name
+
+        if type(reduction) is str and reduction == "mean":
+            self.red = 0
+        elif type(reduction) is str and reduction == "sum":
+            self.red = 1
+        elif type(reduction) is str and reduction == "none":
+            self.red = 2
+        else:
+            reduction = _args.check_reduction(reduction)
+            self.red = ("mean", "sum", "none").index(reduction)
+        self.reduction = reduction
+
+        # logits -> a native float array, then the struct's (outer, C, inner) view
+        if (type(logits) is cnp.ndarray and cnp.PyArray_NDIM(<cnp.ndarray>logits) >= 1
+                and (cnp.PyArray_TYPE(<cnp.ndarray>logits) == cnp.NPY_FLOAT
+                     or cnp.PyArray_TYPE(<cnp.ndarray>logits) == cnp.NPY_DOUBLE)
+                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>logits)):
+            x = <cnp.ndarray>logits
+            self.dtype = <object>cnp.PyArray_DESCR(x)
+        else:
+            x, self.dtype = _args.as_logits(logits, name)
+        self.x = x
+        typenum = cnp.PyArray_TYPE(x)
+        if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+            raise TypeError(f"ce: no kernel for the computing dtype {x.dtype}")
+        self.is_double = typenum == cnp.NPY_DOUBLE
+        nd = cnp.PyArray_NDIM(x)
+        item = cnp.PyArray_ITEMSIZE(x)
+        if type(axis) is int and (axis == -1 or axis == nd - 1) and nd <= 2 and row_major_ok(x):
+            # class axis last of a 1-d or 2-d array: the array itself is the rows view
+            st = cnp.PyArray_STRIDES(x)
+            self.axes = (nd - 1,)
+            p.n_classes = cnp.PyArray_DIM(x, nd - 1)
+            outer = cnp.PyArray_DIM(x, 0) if nd == 2 else 1
+            p.x.data = <char *>cnp.PyArray_DATA(x)
+            p.x.s_class = st[nd - 1] // item
+            p.x.s_outer = st[0] // item if nd == 2 else p.n_classes * p.x.s_class
+            p.x.s_inner = 1
+            p.inner = 1
+            p.n_rows = outer
+            self.outer = outer
+        else:
+            self.axes = _args.class_axes(axis, nd)
+            self._rows, self._rest = _args.rows_view(x, self.axes)
+            set_view(&p.x, self._rows)
+            p.n_classes = self._rows.shape[1]
+            p.inner = self._rows.shape[2]
+            self.outer = self._rows.shape[0]
+            p.n_rows = self.outer * p.inner
+        if p.n_classes == 0:
+            _args.check_classes(p.n_classes, axis, name)
+        p.block_rows = block_rows_for(p.n_classes, p.inner)
+
+        if n_threads is None:
+            self.n_threads = 0
+        elif type(n_threads) is int and n_threads >= 1:
+            self.n_threads = n_threads if n_threads < 65536 else 65536
+        else:
+            self.n_threads = _args.check_threads(n_threads)
+        if type(label_smoothing) is float and 0.0 <= <double>label_smoothing <= 1.0:
+            p.smoothing = label_smoothing
+        else:
+            p.smoothing = _args.check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
+        if type(z_loss) is float and <double>z_loss >= 0.0:
+            p.z_loss = z_loss
+        else:
+            p.z_loss = _args.check_float(z_loss, "z_loss", 0.0)
+        p.softcap = 0.0 if softcap is None else _args.check_softcap(softcap)
+        if from_logits is True:
+            p.from_logits = 1
+        elif from_logits is False:
+            p.from_logits = 0
+        else:
+            p.from_logits = _args.check_bool(from_logits, "from_logits")
+        if not p.from_logits and (p.z_loss != 0.0 or p.softcap != 0.0):
+            _args.check_logit_options(p.from_logits, p.z_loss, p.softcap)
+        if type(ignore_index) is int:
+            p.ignore_index = PyLong_AsLongLongAndOverflow(ignore_index, &overflow)
+            if overflow:
+                _args.check_ignore_index(ignore_index)
+        else:
+            p.ignore_index = _args.check_ignore_index(ignore_index)
+
+        # class weights: the computing dtype for the kernel, float64 for the sums
+        if weight is None:
+            p.class_weight_sum = <double>p.n_classes
+        elif (is_real_array(weight, False) and cnp.PyArray_NDIM(<cnp.ndarray>weight) == 1
+                and cnp.PyArray_DIM(<cnp.ndarray>weight, 0) == p.n_classes):
+            self.class_weight = weight if is_array(weight, typenum) else cnp.PyArray_FROMANY(
+                weight, typenum, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
+            self.class_weight_64 = as_float64_rows(<cnp.ndarray>weight)
+            p.class_weight = cnp.PyArray_DATA(<cnp.ndarray>self.class_weight)
+            p.class_weight_sum = weight_sum(<cnp.ndarray>self.class_weight_64, p.smoothing)
+        else:
+            self.class_weight, self.class_weight_64, p.class_weight_sum = _args.class_weights(
+                weight, p.n_classes, x.dtype)
+            p.class_weight = cnp.PyArray_DATA(<cnp.ndarray>self.class_weight)
+
+        # target: class indices (the per-example shape) or dense (the logits' shape)
+        if target is NO_TARGET:
+            p.target_kind = CE_TARGET_NONE
+        elif is_array(target, cnp.NPY_INT64) and self.per_example(<cnp.ndarray>target):
+            p.target_kind = CE_TARGET_INDEX
+            self.labels = target if nd == 2 else target.reshape(1)
+        elif (self._rows is None and type(target) is cnp.ndarray
+                and cnp.PyArray_TYPE(<cnp.ndarray>target) == typenum
+                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>target)
+                and same_shape(<cnp.ndarray>target, x) and row_major_ok(<cnp.ndarray>target)):
+            p.target_kind = CE_TARGET_DENSE   # the logits' shape and dtype: its own rows view
+            self.target_rows = target
+            set_output_view(&p.t, target, self, "target", False)
+        else:
+            dense, self.labels, self.target_rows = _args.target_rows(
+                target, self.shape, self.rest, self.axes, x.dtype, p.n_classes)
+            p.target_kind = CE_TARGET_DENSE if dense else CE_TARGET_INDEX
+            if dense:
+                set_view(&p.t, self.target_rows)
+        if self.labels is not None:
+            p.labels = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self.labels)
+
+        if sample_weight is not None:
+            if is_real_array(sample_weight) and self.per_example(<cnp.ndarray>sample_weight):
+                self.row_weight = flat(as_float64_rows(<cnp.ndarray>sample_weight))
+            else:
+                self.row_weight = _args.sample_weights(sample_weight, self.rest)
+            p.row_weight = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.row_weight)
+
+        # labels in [0, C) or ignore_index, before anything is written; the mean's denominator
+        if p.target_kind == CE_TARGET_INDEX:
+            cw64 = <const double *>data_or_null(self.class_weight_64)
+            if p.n_rows < LABEL_CHECK_NOGIL:
+                bad = ce_check_labels(p.labels, p.n_rows, p.n_classes, p.ignore_index, cw64,
+                                      p.row_weight, &total, &count)
+            else:
+                with nogil:
+                    bad = ce_check_labels(p.labels, p.n_rows, p.n_classes, p.ignore_index, cw64,
+                                          p.row_weight, &total, &count)
+            if bad >= 0:
+                raise _args.bad_label(self.labels, bad, self.rest, p.n_classes, p.ignore_index)
+            self.weight_total = total
+        elif self.row_weight is None:
+            self.weight_total = <double>p.n_rows
+        else:
+            self.weight_total = float(self.row_weight.sum())
+
+        # the upstream gradient: a scale, times a per-row array for reduction="none"
+        if type(grad_output) is float:
+            p.grad_scale = grad_output
+        elif (self.red == 2 and is_real_array(grad_output)
+                and self.per_example(<cnp.ndarray>grad_output)):
+            p.grad_scale = 1.0
+            self.upstream_grad = flat(as_float64_rows(<cnp.ndarray>grad_output))
+            p.row_grad = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.upstream_grad)
+        else:
+            p.grad_scale, self.upstream_grad = _args.upstream_grad(grad_output, self.reduction,
+                                                                   self.rest)
+            if self.upstream_grad is not None:
+                p.row_grad = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.upstream_grad)
+        if self.red == 0:   # a mean over nothing has a zero gradient
+            p.grad_scale = p.grad_scale / self.weight_total if self.weight_total != 0 else 0.0
+        if lse is not None:
+            if (p.from_logits and is_real_array(lse, False) and cnp.PyArray_ISFLOAT(<cnp.ndarray>lse)
+                    and self.per_example(<cnp.ndarray>lse)):
+                self.lse_in = flat(as_float64_rows(<cnp.ndarray>lse))
+            else:
+                self.lse_in = _args.saved_lse(lse, self.rest, p.from_logits)
+            p.lse_in = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.lse_in)
+        if self.dtype != x.dtype:   # computed in a wider dtype: clip at the result dtype's eps
+            p.clip = _args.eps(self.dtype)
+
+    cdef bint per_example(self, cnp.ndarray a) noexcept:
+        """`a` has the per-example shape (the class axis last of 1-d / 2-d logits only)."""
+        if self._rows is not None:
+            return False
+        if cnp.PyArray_NDIM(<cnp.ndarray>self.x) == 1:
+            return cnp.PyArray_NDIM(a) == 0
+        return cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_DIM(a, 0) == self.outer
+
+    @property
+    def n_rows(self):
+        return self.p.n_rows
+
+    @property
+    def n_classes(self):
+        return self.p.n_classes
+
+    @property
+    def ignore_index(self):
+        return self.p.ignore_index
+
+    @property
+    def from_logits(self):
+        return bool(self.p.from_logits)
+
+    @property
+    def has_labels(self):
+        return self.p.target_kind == CE_TARGET_INDEX
+
+    @property
+    def shape(self):
+        """The logits' shape."""
+        return self.x.shape
+
+    @property
+    def rest(self):
+        """The per-example shape (the logits' shape without the class axes)."""
+        if self._rest is None:
+            self._rest = self.x.shape[:-1]
+        return self._rest
+
+    @property
+    def rows(self):
+        """The logits as the kernels see them: an (outer, C, inner) view."""
+        if self._rows is None:
+            self._rows = _args.rows_view(self.x, self.axes)[0]
+        return self._rows
+
+    def arrays(self):
+        """Every array whose memory the kernels read (for tests)."""
+        return [a for a in (self.x if self._rows is None else self._rows, self.labels,
+                            self.target_rows, self.class_weight, self.row_weight,
+                            self.upstream_grad, self.lse_in) if a is not None]
+
+    cdef object value(self, double total, object row_loss):
+        """The reduction of the rows' losses, in the result dtype."""
+        cdef double v
+        cdef float v32
+        if self.red == 2:
+            return self.per_example_result(row_loss)
+        v = total / self.weight_total if self.red == 0 else total   # 0 / 0: NaN, a mean over nothing
+        if self.dtype is not <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
+            return self.dtype.type(v)
+        if self.is_double:
+            return PyArray_Scalar(&v, cnp.PyArray_DESCR(<cnp.ndarray>self.x), None)
+        v32 = <float>v
+        return PyArray_Scalar(&v32, cnp.PyArray_DESCR(<cnp.ndarray>self.x), None)
+
+    cdef object per_example_result(self, object rows64):
+        """float64 per-row values -> an array of the per-example shape in the result dtype."""
+        cdef cnp.ndarray rows
+        if self._rows is None and cnp.PyArray_NDIM(<cnp.ndarray>self.x) == 2 \
+                and self.dtype is <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
+            if self.is_double:
+                return rows64
+            rows = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>rows64), cnp.NPY_FLOAT, 0)
+            cnp.PyArray_CopyInto(rows, <cnp.ndarray>rows64)
+            return rows
+        return rows64.reshape(self.rest).astype(self.dtype)
+
+    cdef tuple gradient_buffer(self, object out):
+        """(array for the caller, view the kernel writes, array to copy into it or None)."""
+        cdef cnp.ndarray x = <cnp.ndarray>self.x
+        cdef cnp.ndarray g
+        if self._rows is None and self.dtype is <object>cnp.PyArray_DESCR(x):
+            if out is None:
+                g = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+                return g, g, None
+            if (type(out) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.PyArray_TYPE(x)
+                    and same_shape(<cnp.ndarray>out, x) and cnp.PyArray_SIZE(x) > 0
+                    and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
+                    and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>out) and row_major_ok(<cnp.ndarray>out)
+                    and (self.target_rows is None or not overlaps(<cnp.ndarray>out, <cnp.ndarray>self.target_rows))
+                    and (not overlaps(<cnp.ndarray>out, x) or same_view(<cnp.ndarray>out, x))):
+                return out, out, None
+        return _args.output_for(self, out)
+
+
+cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef int i
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+        return False
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIM(a, i) != cnp.PyArray_DIM(b, i):
+            return False
+    return True
+
+
+cdef inline bint same_view(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Element for element the same memory (out= is the logits: in place)."""
+    cdef int i
+    if cnp.PyArray_DATA(a) != cnp.PyArray_DATA(b) or not same_shape(a, b):
+        return False
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_STRIDES(a)[i] != cnp.PyArray_STRIDES(b)[i]:
+            return False
+    return True
+
+
+cdef double weight_sum(cnp.ndarray w64, double smoothing):
+    """The class weights' sum as NumPy adds them (it enters the smoothed loss);
+    without smoothing it is multiplied by 0, so only whether it is finite counts."""
+    cdef const double *w = <const double *>cnp.PyArray_DATA(w64)
+    cdef Py_ssize_t i
+    cdef double total = 0.0
+    if smoothing != 0.0:
+        return float(w64.sum())
+    for i in range(cnp.PyArray_DIM(w64, 0)):
+        total += w[i]
+    return total
+
+
+cdef inline int set_output_view(ce_view *v, object a, Call call, str name,
+                                bint written=True) except -1:
+    """An array of the logits' computing dtype: the (outer, C, inner) rows view,
+    or, when inner is 1, the 2-d (outer, C) / 1-d (C,) array itself."""
+    cdef cnp.ndarray arr, x = <cnp.ndarray>call.x
+    cdef Py_ssize_t item, outer = call.outer
+    cdef int nd
+    if type(a) is not cnp.ndarray:
+        raise TypeError(f"ce._kernels.solve: {name} must be an ndarray")
+    arr = <cnp.ndarray>a
+    nd = cnp.PyArray_NDIM(arr)
+    if (cnp.PyArray_TYPE(arr) != cnp.PyArray_TYPE(x) or (written and not cnp.PyArray_ISWRITEABLE(arr))
+            or not cnp.PyArray_ISNOTSWAPPED(arr) or not row_major_ok(arr)):
+        raise ValueError(f"ce._kernels.solve: {name} must be a writeable aligned native "
+                         f"array of dtype {x.dtype}")
+    if nd == 3 and (arr.shape[0] == outer and arr.shape[1] == call.p.n_classes
+                    and arr.shape[2] == call.p.inner):
+        set_view(v, arr)
+        return 0
+    if call.p.inner != 1 or not (
+            (nd == 2 and arr.shape[0] == outer and arr.shape[1] == call.p.n_classes)
+            or (nd == 1 and outer == 1 and arr.shape[0] == call.p.n_classes)):
+        raise ValueError(f"ce._kernels.solve: {name} has shape {a.shape}, not the rows "
+                         f"({outer}, {call.p.n_classes}, {call.p.inner})")
+    item = cnp.PyArray_ITEMSIZE(arr)
+    v.data = <char *>cnp.PyArray_DATA(arr)
+    v.s_class = cnp.PyArray_STRIDES(arr)[nd - 1] // item
+    v.s_outer = cnp.PyArray_STRIDES(arr)[0] // item if nd == 2 else call.p.n_classes * v.s_class
+    v.s_inner = 1
+    return 0
+
+
+cdef inline void *row_output(object a, Call call, int typenum, str name) except NULL:
+    """A per-row output: a C-contiguous writeable array of n_rows float64 / int64."""
+    if (type(a) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray>a) != 1
+            or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != call.p.n_rows
+            or cnp.PyArray_TYPE(<cnp.ndarray>a) != typenum
+            or not cnp.PyArray_ISCARRAY(<cnp.ndarray>a)
+            or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)):
+        raise ValueError(f"ce._kernels.solve: {name} must be a C-contiguous writeable "
+                         f"1-d array of {call.p.n_rows} {'float64' if typenum == cnp.NPY_DOUBLE else 'int64'}")
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef double run_call(Call call, object grad, object softmax, object log_softmax, object row_loss,
+                     object row_lse, object row_argmax, object row_rank) except? -1.0:
+    """The kernel entry: one run of `call` into the named outputs; returns the loss sum."""
+    cdef ce_problem p = call.p          # a copy: the call itself stays read-only
+    cdef Py_ssize_t n_blocks, b, failures
+    cdef double total = 0.0
+    cdef double stack_partial[STACK_BLOCKS]
+    cdef double *partial
+    if (grad is not None) + (softmax is not None) + (log_softmax is not None) > 1:
+        raise ValueError("ce._kernels.solve: at most one of grad, softmax, log_softmax")
+    p.mode = CE_MODE_FORWARD
+    if grad is not None:
+        p.mode = CE_MODE_FUSED if p.lse_in == NULL else CE_MODE_GRAD_LSE
+        set_output_view(&p.g, grad, call, "grad")
+    elif softmax is not None:
+        p.mode = CE_MODE_SOFTMAX
+        set_output_view(&p.g, softmax, call, "softmax")
+    elif log_softmax is not None:
+        p.mode = CE_MODE_LOG_SOFTMAX
+        set_output_view(&p.g, log_softmax, call, "log_softmax")
+    elif p.lse_in != NULL:
+        raise ValueError("ce._kernels.solve: a call with lse= needs a grad output")
+    if row_loss is not None:
+        p.row_loss = <double *>row_output(row_loss, call, cnp.NPY_DOUBLE, "row_loss")
+    if row_lse is not None:
+        p.row_lse = <double *>row_output(row_lse, call, cnp.NPY_DOUBLE, "row_lse")
+    if row_argmax is not None:
+        p.row_argmax = <int64_t *>row_output(row_argmax, call, cnp.NPY_INT64, "row_argmax")
+    if row_rank is not None:
+        p.row_rank = <int64_t *>row_output(row_rank, call, cnp.NPY_INT64, "row_rank")
+    if p.n_rows == 0:
+        return 0.0
+    n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
+    partial = &stack_partial[0] if n_blocks <= STACK_BLOCKS else <double *>malloc(n_blocks * sizeof(double))
     if partial == NULL:
         raise MemoryError()
     p.block_loss = partial
-    if n * c < PARALLEL_MIN_ELEMENTS:
-        status = ce_solve(&p, typenum == cnp.NPY_DOUBLE, 1)
+    if p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:   # small: keeping the GIL is cheaper
+        failures = ce_solve(&p, call.is_double, 1)
     else:
         with nogil:
-            status = ce_solve(&p, typenum == cnp.NPY_DOUBLE, 0)
+            failures = ce_solve(&p, call.is_double, call.n_threads)
     for b in range(n_blocks):
         total += partial[b]
     if partial != &stack_partial[0]:
         free(partial)
-    if status != 0:
-        raise MemoryError("ce: out of memory for a scratch row")
-    if red == 2:
-        return rows if typenum == cnp.NPY_DOUBLE else rows.astype(np.float32)
-    loss64 = total / count_w if red == 0 else total   # 0 / 0 = NaN: a mean over nothing
-    if typenum == cnp.NPY_FLOAT:
-        loss32 = <float>loss64
-        loss = PyArray_Scalar(&loss32, cnp.PyArray_DESCR(x), None)
-    else:
-        loss = PyArray_Scalar(&loss64, cnp.PyArray_DESCR(x), None)
-    return (loss, g) if fused else loss
-
-
-def plain_loss(logits, target, reduction, ignore_index, label_smoothing):
-    return plain_call(logits, target, reduction, ignore_index, label_smoothing, 1.0, False)
-
-
-def plain_loss_and_grad(logits, target, reduction, ignore_index, label_smoothing, grad_output):
-    return plain_call(logits, target, reduction, ignore_index, label_smoothing, grad_output, True)
-
-
-def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object labels,
-        int64_t ignore_index, object class_weight, double class_weight_sum,
-        object row_weight, object row_grad, double grad_scale, double smoothing,
-        double z_loss, double softcap, bint from_logits, object lse_in,
-        object row_loss, object row_lse, object row_argmax, object row_rank,
-        int n_threads, double clip=0.0):
-    """Run one problem. x, t, g are (outer, C, inner) arrays of one float dtype;
-    labels int64[N]; class_weight of x's dtype [C]; row_* float64 / int64 [N],
-    all C-contiguous (the Python layer guarantees it). clip: the probability
-    floor for from_logits=False (0: the dtype's eps). Returns the loss sum."""
-    cdef ce_problem p
-    cdef cnp.npy_intp *shape
-    cdef int is_double = cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
-    # the Python layer guarantees these; checked again because a wrong pointer here
-    # is a crash, not an exception
-    for a, dims in ((x, 3), (t, 3), (g, 3), (labels, 1), (row_loss, 1), (row_lse, 1)):
-        if a is not None and (type(a) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray>a) != dims):
-            raise ValueError(f"ce._kernels.run: expected a {dims}-d ndarray")
-    if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT and not is_double:
-        raise TypeError("ce._kernels.run: logits must be float32 or float64")
-    shape = cnp.PyArray_DIMS(x)
-    cdef Py_ssize_t n_blocks, b
-    cdef double total = 0.0
-    cdef double *partial
-    cdef int status
-    p.n_rows = shape[0] * shape[2]
-    p.n_classes = shape[1]
-    p.inner = shape[2]
-    p.block_rows = block_rows_for(p.n_classes, p.inner)
-    p.mode = mode
-    p.target_kind = target_kind
-    p.from_logits = from_logits
-    set_view(&p.x, x)
-    p.t.data = NULL
-    p.g.data = NULL
-    if t is not None:
-        set_view(&p.t, <cnp.ndarray>t)
-    if g is not None:
-        set_view(&p.g, <cnp.ndarray>g)
-    p.labels = <const int64_t *>data_or_null(labels)
-    p.ignore_index = ignore_index
-    p.class_weight = data_or_null(class_weight)
-    p.class_weight_sum = class_weight_sum
-    p.row_weight = <const double *>data_or_null(row_weight)
-    p.row_grad = <const double *>data_or_null(row_grad)
-    p.grad_scale = grad_scale
-    p.smoothing = smoothing
-    p.z_loss = z_loss
-    p.softcap = softcap
-    p.clip = clip
-    p.lse_in = <const double *>data_or_null(lse_in)
-    p.row_loss = <double *>data_or_null(row_loss)
-    p.row_lse = <double *>data_or_null(row_lse)
-    p.row_argmax = <int64_t *>data_or_null(row_argmax)
-    p.row_rank = <int64_t *>data_or_null(row_rank)
-    p.failed = 0
-    if p.n_rows == 0:
-        return 0.0
-    n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
-    partial = <double *>malloc(n_blocks * sizeof(double))
-    if partial == NULL:
-        raise MemoryError()
-    p.block_loss = partial
-    with nogil:
-        status = ce_solve(&p, is_double, n_threads)
-        for b in range(n_blocks):
-            total += partial[b]
-    free(partial)
-    if status != 0:
-        raise MemoryError("ce: out of memory for a scratch row")
+    if failures:
+        raise MemoryError(f"ce: out of memory for a scratch row ({failures} blocks failed)")
     return total
+
+
+def solve(Call call not None, *, grad=None, softmax=None, log_softmax=None, row_loss=None,
+          row_lse=None, row_argmax=None, row_rank=None):
+    """Run `call` once into the named outputs; returns the sum of the rows' losses.
+
+    grad / softmax / log_softmax (at most one): the (outer, C, inner) rows view
+    of an array of the computing dtype (or, with the class axis last, the 2-d
+    array). row_loss / row_lse: float64[n_rows]; row_argmax / row_rank:
+    int64[n_rows]. A call built with lse= computes the gradient from it.
+    """
+    return run_call(call, grad, softmax, log_softmax, row_loss, row_lse, row_argmax, row_rank)
+
+
+cdef inline object new_rows(Call call, int typenum):
+    cdef cnp.npy_intp n = call.p.n_rows
+    return cnp.PyArray_EMPTY(1, &n, typenum, 0)
+
+
+def loss(Call call not None):
+    """The reduced loss of `call` (reduction "none": each example's)."""
+    row_loss = new_rows(call, cnp.NPY_DOUBLE) if call.red == 2 else None
+    return call.value(run_call(call, None, None, None, row_loss, None, None, None), row_loss)
+
+
+def loss_and_lse(Call call not None):
+    """(reduced loss, float64 per-example lse): a forward that saves O(N) for a backward."""
+    if not call.p.from_logits:
+        _args.check_lse_applies(False)
+    row_loss = new_rows(call, cnp.NPY_DOUBLE) if call.red == 2 else None
+    row_lse = new_rows(call, cnp.NPY_DOUBLE)
+    total = run_call(call, None, None, None, row_loss, row_lse, None, None)
+    return call.value(total, row_loss), row_lse.reshape(call.rest)
+
+
+def gradient(Call call not None, out=None):
+    """d loss / d logits of `call` (from call.lse_in when the call has one), into `out`."""
+    result, view, copy_back = call.gradient_buffer(out)
+    run_call(call, view, None, None, None, None, None, None)
+    if copy_back is not None:
+        np.copyto(result, copy_back, casting="unsafe")
+    return result
+
+
+def loss_and_gradient(Call call not None, out=None, return_lse=False):
+    """(loss, gradient) or (loss, gradient, lse) of `call` in one fused run."""
+    if return_lse is not False:
+        _args.check_return_lse(return_lse, call.p.from_logits)
+    result, view, copy_back = call.gradient_buffer(out)
+    row_loss = new_rows(call, cnp.NPY_DOUBLE) if call.red == 2 else None
+    row_lse = new_rows(call, cnp.NPY_DOUBLE) if return_lse else None
+    total = run_call(call, view, None, None, row_loss, row_lse, None, None)
+    if copy_back is not None:
+        np.copyto(result, copy_back, casting="unsafe")
+    value = call.value(total, row_loss)
+    if return_lse:
+        return value, result, call.per_example_result(row_lse)
+    return value, result
+
+
+def output_for(Call call not None, out=None):
+    """(array for the caller, view the kernel writes, array to copy into it or None)."""
+    return call.gradient_buffer(out)

@@ -1,236 +1,306 @@
-"""The public cross-entropy functions: normalise once, one kernel run, reduce."""
-import math
+"""The public cross-entropy functions: one Call (normalise), one kernel run, reduce.
+
+Each function builds one `ce._kernels.Call` from its keywords (the arguments
+are checked there, by ce._args) and hands it to a kernel entry of
+ce._kernels, which runs the blocks and applies the reduction.
+"""
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
-from ._args import as_array, as_logits, c_array, check_labels, class_axes, output_for, problem, rows_view
+from ._kernels import Call
 
-_DOC_KEYWORDS = """
+Reduction = Literal["mean", "sum", "none"]
+Axis = int | tuple[int, ...]
+
+_KEYWORDS = """
+    logits : array_like of float16, float32 or float64
+        Unnormalised scores (probabilities with ``from_logits=False``), any
+        shape with a class axis, any strides.
+    target : array_like
+        Class indices of the per-example shape (the logits' shape without the
+        class axis; any integer dtype), or dense probabilities of the logits'
+        shape (any real dtype; not renormalised).
     axis : int or tuple of ints, default -1
         The class axis. With a tuple, the classes are the sub-array over those
-        axes and a class index is the C-order flat index into it (optax's rule).
-    reduction : {"mean", "sum", "none"}
-        "none" returns each example's weighted loss; "sum" adds them; "mean"
-        divides the sum by the total weight of the counted examples (see README).
-    weight : array of shape (C,), optional
+        axes and a class index is the flat index into it (optax's rule).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "none": each example's weighted loss; "sum": their sum; "mean": the sum
+        divided by the total weight of the counted examples (PyTorch's rule).
+    weight : array_like of shape (C,), optional
         Per-class weights (PyTorch's ``weight``).
-    sample_weight : array of the per-example shape, optional
+    sample_weight : array_like of the per-example shape, optional
         Per-example weights; a bool mask works as optax's ``where``.
     ignore_index : int, default -100
         Class-index targets equal to it contribute nothing (loss 0, gradient 0).
-    label_smoothing : float in [0, 1], default 0
+    label_smoothing : float in [0, 1], default 0.0
         PyTorch's formula.
     from_logits : bool, default True
         False: ``logits`` are probabilities; the loss is -sum t log(max(p, eps)).
     n_threads : int, optional
         Cap on OpenMP threads; None uses OpenMP's current setting, read on every call.
-    z_loss : float >= 0, default 0
+    z_loss : float >= 0, default 0.0
         Adds ``z_loss * lse**2`` per example (PaLM's auxiliary loss), weighted like the loss.
     softcap : float > 0, optional
-        Replaces the logits by ``softcap * tanh(logits / softcap)`` first (Gemma 2).
-"""
+        Replaces the logits by ``softcap * tanh(logits / softcap)`` first (Gemma 2)."""
+
+_RAISES = """
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type (integer logits, a float ignore_index, ...);
+        the message names it.
+    ValueError
+        A bad value or shape: a label outside [0, C) (the message gives its
+        position), label_smoothing outside [0, 1], a target of the wrong shape, ...
+        Nothing is written before every argument is checked."""
 
 
-def _grad_scale(p, grad_output, denom):
-    """Resolve grad_output into (scalar scale, per-row float64 array or None)."""
-    try:
-        go = np.asarray(grad_output)
-    except Exception as exc:
-        raise TypeError(f"grad_output must be a real number or array: {exc}") from exc
-    if go.dtype.kind not in "fiub":
-        raise TypeError(f"grad_output must be real, got dtype {go.dtype}")
-    if p.reduction != "none":
-        if go.ndim != 0:
-            raise ValueError(
-                f"grad_output must be a scalar for reduction={p.reduction!r}, got shape {go.shape}")
-        scale = float(go)
-        if p.reduction == "mean":
-            scale = scale / denom if denom != 0 else 0.0  # a mean over nothing has zero gradient
-        return scale, None
-    if go.ndim == 0:
-        return float(go), None
-    try:
-        rows = np.broadcast_to(go, p.rest)
-    except ValueError:
-        raise ValueError(
-            f"grad_output of shape {go.shape} does not broadcast to the per-example shape {p.rest}"
-        ) from None
-    return 1.0, c_array(rows, dtype=np.float64).reshape(-1)
+def _doc(text):
+    """Fill the shared parameter and raises sections into a docstring."""
+    def apply(fn):
+        fn.__doc__ = text.replace("{keywords}", _KEYWORDS).replace("{raises}", _RAISES)
+        return fn
+    return apply
 
 
-def _reduce(p, total, denom, row_loss):
-    if p.reduction == "none":
-        return row_loss.reshape(p.rest).astype(p.dtype)
-    if p.reduction == "sum":
-        return p.dtype.type(total)
-    if denom == 0:  # a mean over nothing: 0/0 is NaN (PyTorch's answer too)
-        return p.dtype.type(math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total))
-    return p.dtype.type(total / denom)
+@_doc("""Softmax cross-entropy of `logits` against `target`.
+
+    Parameters
+    ----------{keywords}
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        A scalar of the logits' dtype for "mean" and "sum", an array of the
+        per-example shape for "none". Sums are accumulated in float64.
+{raises}
+
+    Examples
+    --------
+    >>> import numpy as np, ce
+    >>> x = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], dtype=np.float32)
+    >>> y = np.array([0, 2])
+    >>> ce.cross_entropy(x, y)
+    np.float32(0.20557866)
+    >>> ce.cross_entropy(x, y, reduction="none")
+    array([0.24131131, 0.16984601], dtype=float32)
+    >>> ce.cross_entropy(x, y, label_smoothing=0.1, z_loss=1e-4)
+    np.float32(0.36466557)
+    """)
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, axis: Axis = -1,
+                  reduction: Reduction = "mean", weight: ArrayLike | None = None,
+                  sample_weight: ArrayLike | None = None, ignore_index: int = -100,
+                  label_smoothing: float = 0.0, from_logits: bool = True,
+                  n_threads: int | None = None, z_loss: float = 0.0,
+                  softcap: float | None = None) -> Any:
+    call = Call(logits=logits, target=target, axis=axis, reduction=reduction, weight=weight,
+                sample_weight=sample_weight, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, from_logits=from_logits, n_threads=n_threads,
+                z_loss=z_loss, softcap=softcap)
+    return _kernels.loss(call)
 
 
-def _run(p, mode, g=None, row_grad=None, scale=1.0, lse_in=None, row_loss=None, row_lse=None):
-    return _kernels.run(
-        mode, p.x, p.kind, p.t, g, p.labels, p.ignore_index, p.class_weight,
-        p.class_weight_sum, p.row_weight, row_grad, scale, p.smoothing, p.z_loss,
-        p.softcap, p.from_logits, lse_in, row_loss, row_lse, None, None, p.n_threads,
-        float(np.finfo(p.dtype).eps))
-
-
-# Defaults as named objects: the plain-call fast path tests them by identity,
-# which is cheap and never calls __eq__ on an array argument; the kernel module
-# checks the remaining common options itself (types, ranges) or declines.
-_LAST = -1
-_MEAN = "mean"
-_IGNORE = -100
-_ZERO = 0.0
-
-
-def cross_entropy(logits, target, *, axis=_LAST, reduction=_MEAN, weight=None,
-                  sample_weight=None, ignore_index=_IGNORE, label_smoothing=_ZERO,
-                  from_logits=True, n_threads=None, z_loss=_ZERO, softcap=None):
-    if (axis is _LAST and weight is None and sample_weight is None and from_logits is True
-            and n_threads is None and z_loss is _ZERO and softcap is None):
-        loss = _kernels.plain_loss(logits, target, reduction, ignore_index, label_smoothing)
-        if loss is not None:
-            return loss
-    p = problem(logits, target, axis, reduction, weight, sample_weight, ignore_index,
-                label_smoothing, from_logits, n_threads, z_loss, softcap)
-    denom = check_labels(p)
-    row_loss = np.empty(p.n_rows) if p.reduction == "none" else None
-    total = _run(p, _kernels.MODE_FORWARD, row_loss=row_loss)
-    return _reduce(p, total, denom, row_loss)
-
-
-def cross_entropy_and_lse(logits, target, **kwargs):
+def cross_entropy_and_lse(logits, target, **options):
     """Forward only, also returning the per-example lse in float64 (for autograd
     adapters that save O(N) instead of the O(NC) log-softmax; float64 keeps the
-    backward through ``lse=`` as exact as the fused call). Same keywords as
+    backward through ``lse=`` as exact as the fused call). The keywords of
     cross_entropy."""
-    p = problem(logits, target, kwargs.pop("axis", -1), kwargs.pop("reduction", "mean"),
-                kwargs.pop("weight", None), kwargs.pop("sample_weight", None),
-                kwargs.pop("ignore_index", -100), kwargs.pop("label_smoothing", 0.0),
-                kwargs.pop("from_logits", True), kwargs.pop("n_threads", None),
-                kwargs.pop("z_loss", 0.0), kwargs.pop("softcap", None))
-    if kwargs:
-        raise TypeError(f"unexpected keyword arguments: {sorted(kwargs)}")
-    if not p.from_logits:
-        raise ValueError("lse applies to logits only (from_logits=True)")
-    denom = check_labels(p)
-    row_loss = np.empty(p.n_rows) if p.reduction == "none" else None
-    row_lse = np.empty(p.n_rows)
-    total = _run(p, _kernels.MODE_FORWARD, row_loss=row_loss, row_lse=row_lse)
-    return _reduce(p, total, denom, row_loss), row_lse.reshape(p.rest)  # float64: exact backward
+    return _kernels.loss_and_lse(Call(logits=logits, target=target, **options))
 
 
-def cross_entropy_grad(logits, target, *, axis=-1, reduction="mean", weight=None,
-                       sample_weight=None, ignore_index=-100, label_smoothing=0.0,
-                       from_logits=True, n_threads=None, z_loss=0.0, softcap=None,
-                       grad_output=1.0, lse=None, out=None):
-    p = problem(logits, target, axis, reduction, weight, sample_weight, ignore_index,
-                label_smoothing, from_logits, n_threads, z_loss, softcap)
-    denom = check_labels(p)
-    scale, row_grad = _grad_scale(p, grad_output, denom)
-    lse_rows = None
-    if lse is not None:
-        if not p.from_logits:
-            raise ValueError("lse applies to logits only (from_logits=True)")
-        lse_arr = as_array(lse, "lse")
-        if lse_arr.dtype.kind != "f":
-            raise TypeError(f"lse must be a float array, got dtype {lse_arr.dtype}")
-        if lse_arr.shape != p.rest:
-            raise ValueError(f"lse must have the per-example shape {p.rest}, got {lse_arr.shape}")
-        lse_rows = c_array(lse_arr, dtype=np.float64).reshape(-1)
-    result, view, copy_back = output_for(p, out)
-    mode = _kernels.MODE_FUSED if lse_rows is None else _kernels.MODE_GRAD_LSE
-    _run(p, mode, g=view, row_grad=row_grad, scale=scale, lse_in=lse_rows)
+@_doc("""Gradient of `cross_entropy` with respect to the logits.
+
+    Parameters
+    ----------{keywords}
+    grad_output : float or array_like, default 1.0
+        The upstream gradient: a scalar for "mean"/"sum", an array broadcastable
+        to the per-example shape for "none".
+    lse : array_like of the per-example shape, optional
+        The log-sum-exp saved from a forward (``return_lse=True``); given, the
+        gradient is computed without recomputing it.
+    out : ndarray, optional
+        Where the gradient is written: exactly the logits' shape and dtype; may
+        be the logits themselves (in place).
+
+    Returns
+    -------
+    ndarray
+        The gradient, of the logits' shape and dtype (``out`` when given).
+{raises}
+
+    Examples
+    --------
+    >>> import numpy as np, ce
+    >>> x = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], dtype=np.float32)
+    >>> ce.cross_entropy_grad(x, np.array([0, 2])).round(4)
+    array([[-0.1072,  0.0876,  0.0196],
+           [ 0.021 ,  0.0571, -0.0781]], dtype=float32)
+    """)
+def cross_entropy_grad(logits: ArrayLike, target: ArrayLike, *, axis: Axis = -1,
+                       reduction: Reduction = "mean", weight: ArrayLike | None = None,
+                       sample_weight: ArrayLike | None = None, ignore_index: int = -100,
+                       label_smoothing: float = 0.0, from_logits: bool = True,
+                       n_threads: int | None = None, z_loss: float = 0.0,
+                       softcap: float | None = None, grad_output: ArrayLike = 1.0,
+                       lse: ArrayLike | None = None,
+                       out: NDArray[Any] | None = None) -> NDArray[Any]:
+    call = Call(logits=logits, target=target, axis=axis, reduction=reduction, weight=weight,
+                sample_weight=sample_weight, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, from_logits=from_logits, n_threads=n_threads,
+                z_loss=z_loss, softcap=softcap, grad_output=grad_output, lse=lse)
+    return _kernels.gradient(call, out)
+
+
+@_doc("""The loss and its gradient with respect to the logits, in one fused pass.
+
+    Parameters
+    ----------{keywords}
+    grad_output : float or array_like, default 1.0
+        The upstream gradient, as in `cross_entropy_grad`.
+    out : ndarray, optional
+        Where the gradient is written, as in `cross_entropy_grad`.
+    return_lse : bool, default False
+        Also return the per-example log-sum-exp (for a later ``lse=``).
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As `cross_entropy` returns it.
+    grad : ndarray
+        As `cross_entropy_grad` returns it.
+    lse : ndarray
+        Only with ``return_lse=True``: the per-example shape, the logits' dtype.
+{raises}
+
+    Examples
+    --------
+    >>> import numpy as np, ce
+    >>> x = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], dtype=np.float32)
+    >>> loss, grad = ce.cross_entropy_with_grad(x, np.array([0, 2]))
+    >>> loss
+    np.float32(0.20557866)
+    >>> grad.shape
+    (2, 3)
+    """)
+def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *, axis: Axis = -1,
+                            reduction: Reduction = "mean", weight: ArrayLike | None = None,
+                            sample_weight: ArrayLike | None = None, ignore_index: int = -100,
+                            label_smoothing: float = 0.0, from_logits: bool = True,
+                            n_threads: int | None = None, z_loss: float = 0.0,
+                            softcap: float | None = None, grad_output: ArrayLike = 1.0,
+                            out: NDArray[Any] | None = None,
+                            return_lse: bool = False) -> tuple[Any, ...]:
+    call = Call(logits=logits, target=target, axis=axis, reduction=reduction, weight=weight,
+                sample_weight=sample_weight, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, from_logits=from_logits, n_threads=n_threads,
+                z_loss=z_loss, softcap=softcap, grad_output=grad_output)
+    return _kernels.loss_and_gradient(call, out, return_lse)
+
+
+def _finite_lse(call, row_lse):
+    """Rows of -inf, or with +inf: -inf / +inf as scipy and torch (NaN stays NaN)."""
+    odd = ~np.isfinite(row_lse)
+    if odd.any():
+        x = call.rows
+        rows = x.transpose(0, 2, 1).reshape(-1, x.shape[1])[odd]
+        row_lse[odd] = np.where(np.isnan(rows).any(axis=1), np.nan, rows.max(axis=1))
+    return row_lse
+
+
+def _transform(x, axis, out, kind):
+    call = Call(logits=x, axis=axis, name="x")
+    result, view, copy_back = _kernels.output_for(call, out)
+    _kernels.solve(call, **{kind: view})
     if copy_back is not None:
         np.copyto(result, copy_back, casting="unsafe")
     return result
 
 
-_ONE = 1.0
+_TARGET_FREE = """
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64
+        Any shape, any strides.
+    axis : int or tuple of ints, default -1
+        The class axis (or axes)."""
 
 
-def cross_entropy_with_grad(logits, target, *, axis=_LAST, reduction=_MEAN, weight=None,
-                            sample_weight=None, ignore_index=_IGNORE, label_smoothing=_ZERO,
-                            from_logits=True, n_threads=None, z_loss=_ZERO, softcap=None,
-                            grad_output=_ONE, out=None, return_lse=False):
-    if (axis is _LAST and weight is None and sample_weight is None and from_logits is True
-            and n_threads is None and z_loss is _ZERO and softcap is None
-            and out is None and return_lse is False):
-        pair = _kernels.plain_loss_and_grad(logits, target, reduction, ignore_index,
-                                            label_smoothing, grad_output)
-        if pair is not None:
-            return pair
-    p = problem(logits, target, axis, reduction, weight, sample_weight, ignore_index,
-                label_smoothing, from_logits, n_threads, z_loss, softcap)
-    denom = check_labels(p)
-    scale, row_grad = _grad_scale(p, grad_output, denom)
-    if not isinstance(return_lse, (bool, np.bool_)):
-        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    if return_lse and not p.from_logits:
-        raise ValueError("return_lse applies to logits only (from_logits=True)")
-    result, view, copy_back = output_for(p, out)
-    row_loss = np.empty(p.n_rows) if p.reduction == "none" else None
-    row_lse = np.empty(p.n_rows) if return_lse else None
-    total = _run(p, _kernels.MODE_FUSED, g=view, row_grad=row_grad, scale=scale,
-                 row_loss=row_loss, row_lse=row_lse)
-    if copy_back is not None:
-        np.copyto(result, copy_back, casting="unsafe")
-    loss = _reduce(p, total, denom, row_loss)
-    if return_lse:
-        return loss, result, row_lse.reshape(p.rest).astype(p.dtype)
-    return loss, result
+@_doc("""log(softmax(x)) along `axis`, computed stably as x - logsumexp(x).
+""" + _TARGET_FREE + """
+    out : ndarray, optional
+        Where the result is written: x's shape and dtype (may be x itself).
+
+    Returns
+    -------
+    ndarray
+        Of x's shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A non-float x, a bad axis or out.
+
+    Examples
+    --------
+    >>> import numpy as np, ce
+    >>> ce.log_softmax(np.array([2.0, 0.5, -1.0], dtype=np.float32)).round(4)
+    array([-0.2413, -1.7413, -3.2413], dtype=float32)
+    """)
+def log_softmax(x: ArrayLike, axis: Axis = -1, out: NDArray[Any] | None = None) -> NDArray[Any]:
+    return _transform(x, axis, out, "log_softmax")
 
 
-class _Plain:
-    """The few fields a target-free kernel run needs."""
+@_doc("""exp(x - logsumexp(x)) along `axis`.
+""" + _TARGET_FREE + """
+    out : ndarray, optional
+        Where the result is written: x's shape and dtype (may be x itself).
 
-    def __init__(self, x, axis, name):
-        xc, self.dtype = as_logits(x, name)
-        self.shape = xc.shape
-        self.axes = class_axes(axis, xc.ndim)
-        self.x, self.rest = rows_view(xc, self.axes)
-        if self.x.shape[1] == 0:
-            raise ValueError(f"{name} has no classes: the class axis {axis!r} has size 0")
-        self.t = None
+    Returns
+    -------
+    ndarray
+        Of x's shape and dtype; each row sums to 1.
 
+    Raises
+    ------
+    TypeError, ValueError
+        A non-float x, a bad axis or out.
 
-def _target_free(mode, x, axis, out, name="x"):
-    q = _Plain(x, axis, name)
-    if mode == _kernels.MODE_FORWARD:
-        g = view = copy_back = None
-        row_lse = np.empty(q.x.shape[0] * q.x.shape[2])
-    else:
-        q.reduction = "none"
-        result, view, copy_back = output_for(q, out)
-        row_lse = None
-    _kernels.run(mode, q.x, _kernels.TARGET_NONE, None, view, None, 0, None,
-                 float(q.x.shape[1]), None, None, 1.0, 0.0, 0.0, 0.0, True, None,
-                 None, row_lse, None, None, 0)
-    if mode == _kernels.MODE_FORWARD:
-        odd = ~np.isfinite(row_lse)
-        if odd.any():  # rows of -inf, or with +inf: -inf / +inf as scipy and torch (NaN stays NaN)
-            rows = q.x.transpose(0, 2, 1).reshape(-1, q.x.shape[1])[odd]
-            row_lse[odd] = np.where(np.isnan(rows).any(axis=1), np.nan, rows.max(axis=1))
-        res = row_lse.reshape(q.rest).astype(q.dtype)
-        return res[()] if res.ndim == 0 else res
-    if copy_back is not None:
-        np.copyto(result, copy_back, casting="unsafe")
-    return result
+    Examples
+    --------
+    >>> import numpy as np, ce
+    >>> ce.softmax(np.array([2.0, 0.5, -1.0], dtype=np.float32)).round(4)
+    array([0.7856, 0.1753, 0.0391], dtype=float32)
+    """)
+def softmax(x: ArrayLike, axis: Axis = -1, out: NDArray[Any] | None = None) -> NDArray[Any]:
+    return _transform(x, axis, out, "softmax")
 
 
-def log_softmax(x, axis=-1, out=None):
-    """log(softmax(x)) along `axis` (int or tuple), computed stably as x - logsumexp(x)."""
-    return _target_free(_kernels.MODE_LOG_SOFTMAX, x, axis, out)
+@_doc("""log(sum(exp(x))) along `axis`, in x's dtype (float64 sums).
+""" + _TARGET_FREE + """
 
+    Returns
+    -------
+    numpy scalar or ndarray
+        Of x's shape without the class axes; -inf for rows of -inf, +inf for
+        rows with +inf, NaN for rows with NaN.
 
-def softmax(x, axis=-1, out=None):
-    """exp(x - logsumexp(x)) along `axis` (int or tuple)."""
-    return _target_free(_kernels.MODE_SOFTMAX, x, axis, out)
+    Raises
+    ------
+    TypeError, ValueError
+        A non-float x or a bad axis.
 
-
-def logsumexp(x, axis=-1):
-    """log(sum(exp(x))) along `axis` (int or tuple), in x's dtype (float64 sums)."""
-    return _target_free(_kernels.MODE_FORWARD, x, axis, None)
+    Examples
+    --------
+    >>> import numpy as np, ce
+    >>> ce.logsumexp(np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], dtype=np.float32))
+    array([2.2413113, 3.169846 ], dtype=float32)
+    """)
+def logsumexp(x: ArrayLike, axis: Axis = -1) -> Any:
+    call = Call(logits=x, axis=axis, name="x")
+    row_lse = np.empty(call.n_rows)
+    _kernels.solve(call, row_lse=row_lse)
+    res = _finite_lse(call, row_lse).reshape(call.rest).astype(call.dtype)
+    return res[()] if res.ndim == 0 else res

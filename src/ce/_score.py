@@ -10,7 +10,7 @@ import operator
 import numpy as np
 
 from . import _kernels
-from ._args import check_labels, problem
+from ._args import check_top_k, dense_not_accepted
 
 
 class Score:
@@ -117,18 +117,6 @@ def _ratio(total, denom):
     return total / denom
 
 
-def check_top_k(top_k):
-    """Normalise top_k (an int or ints >= 1) into a sorted tuple of unique ints."""
-    ks = (top_k,) if isinstance(top_k, (int, np.integer)) else top_k
-    try:
-        ks = [operator.index(k) for k in ks]
-    except TypeError:
-        raise TypeError(f"top_k must be an int or a sequence of ints, got {top_k!r}") from None
-    if isinstance(top_k, (bool, np.bool_)) or any(k < 1 for k in ks):
-        raise ValueError(f"top_k values must be ints >= 1, got {top_k!r}")
-    return tuple(sorted(set(ks)))
-
-
 def tally(labels, row_loss, argmax, hits, row_weight, ignore_index, loss_sum=None):
     """A Score from per-row results (flat arrays over the same rows).
 
@@ -205,19 +193,14 @@ def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, fro
     >>> total = ce.score(x[:1000], y[:1000]) + ce.score(x[1000:], y[1000:])  # == one call
     """
     ks = check_top_k(top_k)
-    p = problem(logits, target, axis, "sum", None, sample_weight, ignore_index, 0.0,
-                from_logits, n_threads, 0.0, None)
-    if p.kind != _kernels.TARGET_INDEX:
-        raise TypeError(
-            f"target must hold class indices of shape {p.rest} (the logits' shape without the "
-            f"class axis); ce.score does not take one-hot or probability targets")
-    check_labels(p)
-    n = p.n_rows
+    call = _kernels.Call(logits=logits, target=target, axis=axis, reduction="sum",
+                         sample_weight=sample_weight, ignore_index=ignore_index,
+                         from_logits=from_logits, n_threads=n_threads)
+    if not call.has_labels:
+        raise dense_not_accepted(call.rest, "ce.score")
+    n = call.n_rows
     row_loss, argmax = np.empty(n), np.empty(n, dtype=np.int64)
     rank = np.empty(n, dtype=np.int64) if max(ks, default=1) > 1 else None
-    loss_sum = _kernels.run(_kernels.MODE_FORWARD, p.x, p.kind, None, None, p.labels, p.ignore_index,
-                 None, p.class_weight_sum, p.row_weight, None, 1.0, 0.0, 0.0, 0.0,
-                 p.from_logits, None, row_loss, None, argmax, rank, p.n_threads,
-                 float(np.finfo(p.dtype).eps))
+    loss_sum = _kernels.solve(call, row_loss=row_loss, row_argmax=argmax, row_rank=rank)
     hits = {k: (None if k == 1 else rank < k) for k in ks}
-    return tally(p.labels, row_loss, argmax, hits, p.row_weight, p.ignore_index, loss_sum)
+    return tally(call.labels, row_loss, argmax, hits, call.row_weight, call.ignore_index, loss_sum)

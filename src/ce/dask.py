@@ -33,13 +33,10 @@ Dask threads per worker pass ``n_threads=1`` (or set OMP_NUM_THREADS=1 in the
 workers' environment); with one thread per worker (``--nthreads 1``) leave
 ``n_threads=None`` so each task uses the worker's cores.
 """
-import operator
-
 import numpy as np
 
-from . import _kernels
-from ._args import check_threads
-from ._loss import _Plain, cross_entropy as _cross_entropy
+from . import _args, _kernels
+from ._loss import _finite_lse, cross_entropy as _cross_entropy
 from ._score import Score, check_top_k, score as _score, tally
 
 __all__ = ["score", "cross_entropy"]
@@ -61,26 +58,14 @@ def _dask():
 def _prepare(logits, target, sample_weight, axis):
     _, da = _dask()
     x, t = da.asarray(logits), da.asarray(target)
-    if x.dtype.kind != "f":
-        raise TypeError(f"logits must be a float16/float32/float64 array, got dtype {x.dtype}")
-    if x.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the class axis)")
-    try:
-        ax = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"axis must be an int for ce.dask, got {axis!r}") from None
-    if not -x.ndim <= ax < x.ndim:
-        raise ValueError(f"axis={axis} is out of range for an array of {x.ndim} dimensions")
+    _args.check_logits_meta(x.dtype, x.ndim)
+    if isinstance(axis, tuple):
+        raise TypeError(f"axis must be an int for ce.dask, got {axis!r}")
+    (ax,) = _args.class_axes(axis, x.ndim)
     x = da.moveaxis(x, ax, -1)
     rest, n_classes = x.shape[:-1], x.shape[-1]
-    if n_classes == 0:
-        raise ValueError("logits has no classes: the class axis has size 0")
-    if t.shape != rest:
-        raise ValueError(f"target must have shape {rest} (class indices: the logits' shape "
-                         f"without the class axis), got {t.shape}")
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"target holds class indices and must be an integer array, "
-                        f"got dtype {t.dtype}")
+    _args.check_classes(n_classes, axis)
+    _args.check_index_target(t.shape, t.dtype, rest)
     x = x.reshape(-1, n_classes) if x.ndim != 2 else x
     t = t.reshape(-1).rechunk((x.chunks[0],))
     w = None
@@ -104,12 +89,10 @@ def _class_starts(x):
 # ---- per-chunk work (runs on the workers) ----
 
 def _check(labels, n_classes, ignore_index, start, rest):
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
-    if bad.any():
-        i = int(np.argmax(bad))
-        pos = tuple(int(p) for p in np.unravel_index(start + i, rest)) if rest else ()
-        raise ValueError(f"target has label {int(labels[i])} at position {pos}, outside "
-                         f"[0, {n_classes}) and not ignore_index={ignore_index}")
+    """The core's label check on one row chunk, reporting the global position."""
+    bad = _args.find_bad_label(labels, n_classes, ignore_index)
+    if bad >= 0:
+        raise _args.bad_label(labels, bad, rest, n_classes, ignore_index, offset=start)
 
 
 def _row_score(x, labels, w, start, rest, kw):
@@ -125,22 +108,17 @@ def _row_losses(x, labels, w, start, rest, kw):
 def _partial(x, labels, col, n_top, from_logits, n_threads):
     """One (rows, Cj) chunk: float64 lse (None for probabilities), row max, global
     argmax, target flag and value, and the chunk's n_top largest values (descending)."""
-    q = _Plain(x, -1, "logits")
-    n, c = q.x.shape[0], q.x.shape[1]
+    call = _kernels.Call(logits=x, n_threads=n_threads or None)
+    v = call.rows[:, :, 0]
+    n, c = v.shape
     rows = np.arange(n)
     lse, argmax = None, np.empty(n, dtype=np.int64)
     if from_logits:
         lse = np.empty(n)
-        _kernels.run(_kernels.MODE_FORWARD, q.x, _kernels.TARGET_NONE, None, None, None, 0,
-                     None, float(c), None, None, 1.0, 0.0, 0.0, 0.0, True, None, None, lse,
-                     argmax, None, n_threads)
-        odd = ~np.isfinite(lse)  # all -inf (e.g. a padded vocabulary chunk) or +inf rows
-        if odd.any():
-            v = q.x[odd, :, 0]
-            lse[odd] = np.where(np.isnan(v).any(axis=1), np.nan, v.max(axis=1))
+        _kernels.solve(call, row_lse=lse, row_argmax=argmax)
+        _finite_lse(call, lse)  # all -inf (e.g. a padded vocabulary chunk) or +inf rows
     else:
-        argmax = np.argmax(q.x[:, :, 0], axis=1)
-    v = q.x[:, :, 0]
+        argmax = np.argmax(v, axis=1)
     local = labels - col
     has = (local >= 0) & (local < c)
     xy = np.where(has, v[rows, np.where(has, local, 0)], 0.0).astype(np.float64)
@@ -214,19 +192,10 @@ def _tree_sum(dask, items, fan_in=16):
 
 def _options(ignore_index, from_logits, n_threads):
     """The per-task keywords, checked on the client; and the kernel's thread count."""
-    try:
-        ignore_index = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}") from None
-    if not isinstance(from_logits, (bool, np.bool_)):
-        raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
-    threads = check_threads(n_threads)
-    return dict(ignore_index=ignore_index, from_logits=bool(from_logits),
-                n_threads=n_threads), threads
-
-
-def _eps(dtype):
-    return float(np.finfo(np.float16 if dtype == np.float16 else dtype).eps)
+    ignore_index = _args.check_ignore_index(ignore_index)
+    from_logits = _args.check_bool(from_logits, "from_logits")
+    threads = _args.check_threads(n_threads)
+    return dict(ignore_index=ignore_index, from_logits=from_logits, n_threads=n_threads), threads
 
 
 def _scores(logits, target, axis, ignore_index, sample_weight, from_logits, top_k, n_threads):
@@ -247,7 +216,7 @@ def _scores(logits, target, axis, ignore_index, sample_weight, from_logits, top_
         parts = [delayed(_partial, pure=True)(xj, labels, col, n_top, kw["from_logits"], threads)
                  for xj, col in zip(xs, cols)]
         out.append(delayed(_merge_score, pure=True)(parts, labels, weights, start, rest,
-                                                    x.shape[1], ks, kw, _eps(x.dtype)))
+                                                    x.shape[1], ks, kw, _args.eps(x.dtype)))
     return out or [delayed(Score.empty)(ks)]
 
 
@@ -308,8 +277,7 @@ def cross_entropy(logits, target, *, axis=-1, reduction="mean", ignore_index=-10
         the row chunks, merged as in `score`.
     """
     dask, da = _dask()
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be one of ('none', 'sum', 'mean'), got {reduction!r}")
+    _args.check_reduction(reduction)
     x, t, w, rest = _prepare(logits, target, sample_weight, axis)
     dtype = x.dtype
     if reduction != "none":
@@ -327,7 +295,7 @@ def cross_entropy(logits, target, *, axis=-1, reduction="mean", ignore_index=-10
                                                   threads)
                      for xj, col in zip(xs, cols)]
             d = delayed(_merge_losses, pure=True)(parts, labels, weights, start, rest,
-                                                  x.shape[1], kw, _eps(dtype), dtype)
+                                                  x.shape[1], kw, _args.eps(dtype), dtype)
         out.append(da.from_delayed(d, shape=(n,), dtype=dtype))
     rows = da.concatenate(out) if out else da.zeros((0,), dtype=dtype)
     return rows.reshape(rest)
