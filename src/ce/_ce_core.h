@@ -55,8 +55,15 @@ static inline int ce_have_openmp(void) { return 0; }
 #endif
 
 #define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
-#define CE_SMALL_C 16      /* classes up to this use the flat small-C block kernel */
-#define CE_SMALL_ROWS 256  /* its rows per block (= MAX_BLOCK_ROWS in _kernels.pyx) */
+#define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (= MAX_BLOCK_ROWS in _kernels.pyx) */
+/* Row-major rows of up to CE_TILE_MAX_C classes are transposed into a class-major
+   tile of at most CE_TILE elements and vectorized across rows; longer rows run the
+   row kernel, vectorized along the row in CE_LANES-wide steps. */
+#ifndef CE_TILE_MAX_C
+#define CE_TILE_MAX_C 64
+#endif
+#define CE_TILE 4096
+#define CE_LANES 16        /* lane count of the row kernel's sums (a 64-byte float vector) */
 
 /* ---- bit casts (memcpy keeps them legal and vectorizable) ---- */
 CE_INLINE uint32_t ce_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -153,6 +160,53 @@ CE_INLINE double ce_log_sum2(double a, double b)
     double bb = u - a;
     double err = (a - (u - bb)) + (b - bb);
     return ce_log_d(u) + err / u;
+}
+
+/* ---- one formula per quantity, shared by the row and class-major kernels ----
+ * Index target y with label smoothing eps over n classes, class weights w
+ * (W = sum w), z-loss z; nll = lse - x_y, log_s = lse - max, shift = sum w (max - x). */
+typedef struct {
+    double one_eps;   /* 1 - eps: weight of the true class */
+    double eps_n;     /* eps / n: weight of every class */
+    double W;         /* sum of the class weights (n when none) */
+    double z;         /* z-loss coefficient */
+} ce_consts;
+
+CE_INLINE ce_consts ce_consts_of(double smoothing, Py_ssize_t n, double W, double z)
+{
+    ce_consts k = {1.0 - smoothing, smoothing / (double)n, W, z};
+    return k;
+}
+
+/* the loss of an index-target row (before its sample weight) */
+CE_INLINE double ce_loss_index(ce_consts k, double w_y, double nll, double shift, double log_s, double lse)
+{
+    double smooth = k.eps_n > 0 ? k.eps_n * (shift + k.W * log_s) : 0.0;
+    return k.one_eps * w_y * nll + smooth + k.z * w_y * lse * lse;
+}
+
+/* its gradient is A * softmax - (eps / n) w - target part; A: */
+CE_INLINE double ce_coef_index(ce_consts k, double w_y, double lse)
+{
+    return k.one_eps * w_y + k.eps_n * k.W + 2.0 * k.z * w_y * lse;
+}
+
+/* the gradient's target-column entry; p_y - 1 = -other, other = (sum of the
+   other classes' exp) / s, so there is no 1 - p_y cancellation */
+CE_INLINE double ce_target_entry(ce_consts k, double A, double w_y, double other, double lse)
+{
+    return -A * other + k.eps_n * (k.W - w_y) + 2.0 * k.z * w_y * lse;
+}
+
+/* dense target t' (sum w t' = T, shifted = sum w t' (max - x)): loss and softmax coefficient */
+CE_INLINE double ce_loss_dense(ce_consts k, double shifted, double T, double log_s, double lse)
+{
+    return shifted + T * log_s + k.z * lse * lse;
+}
+
+CE_INLINE double ce_coef_dense(ce_consts k, double T, double lse)
+{
+    return T + 2.0 * k.z * lse;
 }
 
 /* ---- the problem handed from Cython to a block function ---- */

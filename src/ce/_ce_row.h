@@ -10,46 +10,145 @@
 #define CE_CAT(a, b) CE_CAT2(a, b)
 #define CE_FN(name) CE_CAT(name, CE_SUFFIX)
 
-CE_INLINE CE_REAL CE_FN(ce_row_max)(const CE_REAL *x, Py_ssize_t n)
+#define CE_L (64 / (int)sizeof(CE_REAL))   /* lanes of the row kernel: 16 floats, 8 doubles */
+
+static const CE_REAL CE_FN(ce_lane)[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* The row kernel's reductions keep CE_L partial results in a lane array that
+   gcc holds in vector registers; a row of n >= CE_L elements is covered by
+   steps of CE_L, the last one overlapping the one before (lanes below `skip`
+   were already counted), so no step runs a scalar remainder. */
+
+/* max of x[0, n) (NaN skipped; exp(NaN) spreads it later) and the first index holding it */
+CE_INLINE CE_REAL CE_FN(ce_lane_max_full)(const CE_REAL *x, Py_ssize_t n, int64_t *arg)
 {
-    CE_REAL m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (Py_ssize_t c = 0; c < n; c++)
-        m = x[c] > m ? x[c] : m;   /* NaN is skipped here; exp(NaN) spreads it later */
+    CE_REAL mx[CE_L], mi[CE_L];
+    for (int j = 0; j < CE_L; j++) {
+        mx[j] = -INFINITY;
+        mi[j] = 0;
+    }
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_L) {
+        const Py_ssize_t b = c0 + CE_L <= n ? c0 : n - CE_L;
+        const CE_REAL base = (CE_REAL)b;
+#pragma omp simd
+        for (int j = 0; j < CE_L; j++) {
+            CE_REAL v = x[b + j];
+            int gt = v > mx[j];
+            mi[j] = gt ? base + CE_FN(ce_lane)[j] : mi[j];
+            mx[j] = gt ? v : mx[j];
+        }
+    }
+    CE_REAL m = mx[0], first = (CE_REAL)n;
+    for (int j = 1; j < CE_L; j++)
+        m = mx[j] > m ? mx[j] : m;
+    for (int j = 0; j < CE_L; j++)
+        first = mx[j] == m && mi[j] < first ? mi[j] : first;
+    if (arg) {
+        if (sizeof(CE_REAL) == 4 && n > (1 << 24)) {   /* float lane indices are inexact there */
+            Py_ssize_t c = 0;
+            while (c < n && x[c] != m)
+                c++;
+            *arg = c < n ? c : 0;
+        } else {
+            *arg = m == -INFINITY ? 0 : (int64_t)first;
+        }
+    }
     return m;
 }
 
-/* sum of exp(x[c] - m) over [lo, hi) */
-CE_INLINE double CE_FN(ce_sum_exp)(const CE_REAL *x, Py_ssize_t lo, Py_ssize_t hi, CE_REAL m)
+/* one step of the exp pass over x[0, CE_L): e = exp(x - m), stored in g
+   (when store) for the lanes not yet done; acc gets e except in lane yr (the
+   target), cnt counts the lanes with x > xy (when count) */
+CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_REAL skip, CE_REAL yr,
+                                  CE_REAL xy, CE_REAL *acc, CE_REAL *cnt, const int store, const int count)
 {
-    double s = 0.0;
-    for (Py_ssize_t c0 = lo; c0 < hi; c0 += CE_CHUNK) {
-        Py_ssize_t c1 = c0 + CE_CHUNK < hi ? c0 + CE_CHUNK : hi;
-        CE_REAL part = 0;
-#pragma omp simd reduction(+ : part)
-        for (Py_ssize_t c = c0; c < c1; c++)
-            part += CE_EXP(x[c] - m);
-        s += part;
+#pragma omp simd
+    for (int j = 0; j < CE_L; j++) {
+        CE_REAL e = CE_EXP(x[j] - m);
+        int fresh = CE_FN(ce_lane)[j] >= skip;
+        if (count)   /* before the store: g may be x */
+            cnt[j] += fresh & (x[j] > xy) ? (CE_REAL)1 : (CE_REAL)0;
+        acc[j] += fresh & (CE_FN(ce_lane)[j] != yr) ? e : (CE_REAL)0;
+        if (store)
+            g[j] = fresh ? e : g[j];
     }
-    return s;
 }
 
-/* the same, also storing each exp(x[c] - m) in g[c] (g may be x) */
-CE_INLINE double CE_FN(ce_sum_exp_store)(const CE_REAL *x, CE_REAL *g, Py_ssize_t lo, Py_ssize_t hi,
-                                         CE_REAL m)
+/* lane sums into double lanes (every CE_CHUNK elements, so float lanes stay short) */
+CE_INLINE void CE_FN(ce_flush)(double *dacc, CE_REAL *acc)
 {
-    double s = 0.0;
-    for (Py_ssize_t c0 = lo; c0 < hi; c0 += CE_CHUNK) {
-        Py_ssize_t c1 = c0 + CE_CHUNK < hi ? c0 + CE_CHUNK : hi;
-        CE_REAL part = 0;
-#pragma omp simd reduction(+ : part)
-        for (Py_ssize_t c = c0; c < c1; c++) {
-            CE_REAL e = CE_EXP(x[c] - m);
-            g[c] = e;
-            part += e;
-        }
-        s += part;
+#pragma omp simd
+    for (int j = 0; j < CE_L; j++) {
+        dacc[j] += (double)acc[j];
+        acc[j] = 0;
     }
+}
+
+/* the lanes added up in a fixed tree order */
+CE_INLINE double CE_FN(ce_lanes_total)(double *d)
+{
+    for (int h = CE_L / 2; h >= 1; h /= 2)
+        for (int j = 0; j < h; j++)
+            d[j] += d[j + h];
+    return d[0];
+}
+
+/* Sum of exp(x[c] - m) over c != y in [0, n), n >= CE_L (y < 0: all c), each
+   exp stored in g[c] when g (g may be x); *rank (when rank) gets the count of
+   x[c] > xy. */
+CE_INLINE double CE_FN(ce_lane_exp_full)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
+                                         CE_REAL xy, int64_t *rank)
+{
+    CE_REAL acc[CE_L], cnt[CE_L];
+    double dacc[CE_L], dcnt[CE_L];
+    for (int j = 0; j < CE_L; j++) {
+        acc[j] = cnt[j] = 0;
+        dacc[j] = dcnt[j] = 0;
+    }
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_L) {
+        const Py_ssize_t b = c0 + CE_L <= n ? c0 : n - CE_L;
+        const Py_ssize_t dy = y - b;
+        const CE_REAL skip = (CE_REAL)(c0 - b), yr = dy >= 0 && dy < CE_L ? (CE_REAL)dy : (CE_REAL)-1;
+        if (g && rank)
+            CE_FN(ce_exp_step)(x + b, g + b, m, skip, yr, xy, acc, cnt, 1, 1);
+        else if (g)
+            CE_FN(ce_exp_step)(x + b, g + b, m, skip, yr, xy, acc, cnt, 1, 0);
+        else if (rank)
+            CE_FN(ce_exp_step)(x + b, NULL, m, skip, yr, xy, acc, cnt, 0, 1);
+        else
+            CE_FN(ce_exp_step)(x + b, NULL, m, skip, yr, xy, acc, cnt, 0, 0);
+        if ((c0 + CE_L) % CE_CHUNK == 0 || c0 + CE_L >= n) {
+            CE_FN(ce_flush)(dacc, acc);
+            CE_FN(ce_flush)(dcnt, cnt);
+        }
+    }
+    if (rank)
+        *rank = (int64_t)CE_FN(ce_lanes_total)(dcnt);
+    return CE_FN(ce_lanes_total)(dacc);
+}
+
+/* Rows shorter than CE_L: padded with -inf (exp 0, never the max) to one step. */
+CE_INLINE CE_REAL CE_FN(ce_lane_max)(const CE_REAL *x, Py_ssize_t n, int64_t *arg)
+{
+    if (n >= CE_L)
+        return CE_FN(ce_lane_max_full)(x, n, arg);
+    CE_REAL xb[CE_L];
+    for (int j = 0; j < CE_L; j++)
+        xb[j] = j < n ? x[j] : -INFINITY;
+    return CE_FN(ce_lane_max_full)(xb, CE_L, arg);
+}
+
+CE_INLINE double CE_FN(ce_lane_exp)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
+                                    CE_REAL xy, int64_t *rank)
+{
+    if (n >= CE_L)
+        return CE_FN(ce_lane_exp_full)(x, g, n, m, y, xy, rank);
+    CE_REAL xb[CE_L], gb[CE_L];
+    for (int j = 0; j < CE_L; j++)
+        xb[j] = j < n ? x[j] : -INFINITY;
+    double s = CE_FN(ce_lane_exp_full)(xb, g ? gb : NULL, CE_L, m, y, xy, rank);
+    if (g)
+        memcpy(g, gb, (size_t)n * sizeof(CE_REAL));
     return s;
 }
 
@@ -136,34 +235,6 @@ CE_INLINE void CE_FN(ce_scale_dense)(CE_REAL *g, const CE_REAL *t, const CE_REAL
     }
 }
 
-/* g[c] = exp(x[c] - lse) * k1 - k2 * w[c] over [lo, hi); returns the sum of the exps */
-CE_INLINE double CE_FN(ce_grad_from_lse)(const CE_REAL *x, CE_REAL *g, const CE_REAL *w, Py_ssize_t lo,
-                                         Py_ssize_t hi, CE_REAL lse, CE_REAL k1, CE_REAL k2)
-{
-    double s = 0.0;
-    for (Py_ssize_t c0 = lo; c0 < hi; c0 += CE_CHUNK) {
-        Py_ssize_t c1 = c0 + CE_CHUNK < hi ? c0 + CE_CHUNK : hi;
-        CE_REAL part = 0;
-        if (w) {
-#pragma omp simd reduction(+ : part)
-            for (Py_ssize_t c = c0; c < c1; c++) {
-                CE_REAL e = CE_EXP(x[c] - lse);
-                part += e;
-                g[c] = e * k1 - k2 * w[c];
-            }
-        } else {
-#pragma omp simd reduction(+ : part)
-            for (Py_ssize_t c = c0; c < c1; c++) {
-                CE_REAL e = CE_EXP(x[c] - lse);
-                part += e;
-                g[c] = e * k1 - k2;
-            }
-        }
-        s += part;
-    }
-    return s;
-}
-
 /* sum of w[c] (a t[c] + b) */
 CE_INLINE double CE_FN(ce_sum_target)(const CE_REAL *t, const CE_REAL *w, Py_ssize_t n, CE_REAL a,
                                       CE_REAL b)
@@ -178,14 +249,6 @@ CE_INLINE double CE_FN(ce_sum_target)(const CE_REAL *t, const CE_REAL *w, Py_ssi
         s += part;
     }
     return s;
-}
-
-CE_INLINE int64_t CE_FN(ce_first_equal)(const CE_REAL *x, Py_ssize_t n, CE_REAL m)
-{
-    for (Py_ssize_t c = 0; c < n; c++)
-        if (x[c] == m)
-            return c;
-    return 0;
 }
 
 CE_INLINE int64_t CE_FN(ce_count_greater)(const CE_REAL *x, Py_ssize_t n, CE_REAL v)
@@ -220,115 +283,154 @@ static double CE_FN(ce_row_probs)(const ce_problem *p, Py_ssize_t r, const CE_RE
     return sw * loss;
 }
 
-/* One row of a from-logits problem: writes the row outputs and g (when the
-   mode has one); returns the row's weighted loss. */
-CE_INLINE double CE_FN(ce_row)(ce_problem *p, Py_ssize_t r, const CE_REAL *x, const CE_REAL *t, CE_REAL *g)
+/* What a row needs besides its logits: label, weights, upstream gradient. */
+typedef struct {
+    Py_ssize_t y;      /* the label (index targets, not masked), else -1 */
+    double sw;         /* sample weight; 0 for a masked row */
+    double w_y;        /* class weight of y (1 when none) */
+    double gi;         /* upstream gradient times the sample weight */
+    int masked;
+} CE_FN(ce_row_info);
+
+CE_INLINE CE_FN(ce_row_info) CE_FN(ce_info)(const ce_problem *p, Py_ssize_t r)
+{
+    CE_FN(ce_row_info) in;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const int index = p->target_kind == CE_TARGET_INDEX;
+    int64_t y = index ? p->labels[r] : -1;
+    in.sw = p->row_weight ? p->row_weight[r] : 1.0;
+    in.masked = in.sw == 0.0 || (index && y == p->ignore_index);
+    in.y = index && !in.masked ? (Py_ssize_t)y : -1;
+    in.w_y = in.y >= 0 && w ? (double)w[in.y] : 1.0;
+    in.gi = in.masked ? 0.0 : p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * in.sw;
+    if (in.masked)
+        in.sw = 0.0;
+    return in;
+}
+
+/* CE_MODE_GRAD_LSE: the gradient from a given lse (no max, no log) */
+CE_INLINE void CE_FN(ce_row_grad_lse)(const ce_problem *p, Py_ssize_t r, CE_FN(ce_row_info) in,
+                                      const CE_REAL *x, const CE_REAL *t, CE_REAL *g)
 {
     const Py_ssize_t n = p->n_classes;
     const CE_REAL *w = (const CE_REAL *)p->class_weight;
-    const int mode = p->mode, kind = p->target_kind;
-    const double eps = p->smoothing, z = p->z_loss, W = p->class_weight_sum;
-    int64_t y = kind == CE_TARGET_INDEX ? p->labels[r] : -1;
-    double sw = p->row_weight ? p->row_weight[r] : 1.0;
-    int masked = sw == 0.0 || (kind == CE_TARGET_INDEX && y == p->ignore_index);
-    double w_y = (kind == CE_TARGET_INDEX && !masked && w) ? (double)w[y] : 1.0;
-    double gi = p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    const double lse = p->lse_in[r];
+    if (in.masked) {
+        memset(g, 0, (size_t)n * sizeof(CE_REAL));
+    } else if (in.y >= 0) {
+        double A = ce_coef_index(k, in.w_y, lse);
+        double other = CE_FN(ce_lane_exp)(x, g, n, (CE_REAL)lse, in.y, 0, NULL);   /* g = softmax */
+        CE_FN(ce_scale)(g, w, n, (CE_REAL)(in.gi * A), (CE_REAL)(in.gi * k.eps_n));
+        g[in.y] = (CE_REAL)(in.gi * ce_target_entry(k, A, in.w_y, other, lse));
+    } else {
+        CE_REAL a = (CE_REAL)k.one_eps, b = (CE_REAL)k.eps_n;
+        double T = CE_FN(ce_sum_target)(t, w, n, a, b);
+        CE_FN(ce_lane_exp)(x, g, n, (CE_REAL)lse, -1, 0, NULL);
+        CE_FN(ce_scale_dense)(g, t, w, n, (CE_REAL)(in.gi * ce_coef_dense(k, T, lse)), (CE_REAL)in.gi, a, b);
+    }
+}
 
-    if (!p->from_logits) {
-        if (p->row_argmax)
-            p->row_argmax[r] = CE_FN(ce_first_equal)(x, n, CE_FN(ce_row_max)(x, n));
+/* index target, row not masked: returns the weighted loss, writes lse, rank, g */
+CE_INLINE double CE_FN(ce_row_index)(const ce_problem *p, Py_ssize_t r, CE_FN(ce_row_info) in,
+                                     const CE_REAL *x, CE_REAL *g, CE_REAL m, double *lse_out)
+{
+    const Py_ssize_t n = p->n_classes;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    const CE_REAL xy = x[in.y];
+    double shift = k.eps_n > 0 ? CE_FN(ce_sum_shift)(x, w, n, m) : 0.0;
+    double s_other = CE_FN(ce_lane_exp)(x, g, n, m, in.y, xy, p->row_rank ? p->row_rank + r : NULL);
+    double e_y = (double)CE_EXP(xy - m);
+    double log_s = ce_log_sum2(e_y, s_other);
+    double lse = (double)m + log_s;
+    /* (m - x_y) is exact in double; when y is the argmax it is 0 and the
+       loss is log(1 + s_other) with no cancellation at all */
+    double nll = ((double)m - (double)xy) + log_s;
+    if (g) {
+        double s = s_other + e_y, A = ce_coef_index(k, in.w_y, lse);
+        CE_FN(ce_scale)(g, w, n, (CE_REAL)(in.gi * A / s), (CE_REAL)(in.gi * k.eps_n));
+        g[in.y] = (CE_REAL)(in.gi * ce_target_entry(k, A, in.w_y, s_other / s, lse));
+    }
+    *lse_out = lse;
+    return in.sw * ce_loss_index(k, in.w_y, nll, shift, log_s, lse);
+}
+
+/* dense target, row not masked */
+CE_INLINE double CE_FN(ce_row_dense)(const ce_problem *p, CE_FN(ce_row_info) in, const CE_REAL *x,
+                                     const CE_REAL *t, CE_REAL *g, CE_REAL m, double *lse_out)
+{
+    const Py_ssize_t n = p->n_classes;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    const CE_REAL a = (CE_REAL)k.one_eps, b = (CE_REAL)k.eps_n;
+    double T;
+    double shifted = CE_FN(ce_sum_dense)(x, t, w, n, m, a, b, &T);
+    double s = CE_FN(ce_lane_exp)(x, g, n, m, -1, 0, NULL);
+    double log_s = ce_log_d(s);
+    double lse = (double)m + log_s;
+    if (g)
+        CE_FN(ce_scale_dense)(g, t, w, n, (CE_REAL)(in.gi * ce_coef_dense(k, T, lse) / s), (CE_REAL)in.gi, a, b);
+    *lse_out = lse;
+    return in.sw * ce_loss_dense(k, shifted, T, log_s, lse);
+}
+
+/* no target (softmax, log_softmax, logsumexp) or a masked row: returns the lse */
+CE_INLINE double CE_FN(ce_row_free)(const ce_problem *p, Py_ssize_t r, CE_FN(ce_row_info) in,
+                                    const CE_REAL *x, CE_REAL *g, CE_REAL m, int store)
+{
+    const Py_ssize_t n = p->n_classes;
+    double s = CE_FN(ce_lane_exp)(x, store ? g : NULL, n, m, -1, 0, NULL);
+    double lse = (double)m + ce_log_d(s);
+    if (store && p->mode == CE_MODE_SOFTMAX)
+        CE_FN(ce_scale)(g, NULL, n, (CE_REAL)(1.0 / s), 0);
+    if (g && p->mode == CE_MODE_LOG_SOFTMAX) {
+        CE_REAL l = (CE_REAL)lse;
+#pragma omp simd
+        for (Py_ssize_t c = 0; c < n; c++)
+            g[c] = x[c] - l;
+    }
+    if (in.masked) {
+        if (g && p->mode == CE_MODE_FUSED)
+            memset(g, 0, (size_t)n * sizeof(CE_REAL));
         if (p->row_rank)
-            p->row_rank[r] = kind == CE_TARGET_INDEX && !masked ? CE_FN(ce_count_greater)(x, n, x[y]) : 0;
-        double loss = masked ? 0.0 : CE_FN(ce_row_probs)(p, r, x, t, g, sw, gi);
-        if (masked && g)
+            p->row_rank[r] = 0;
+    }
+    return lse;
+}
+
+/* One row of a problem: writes the row outputs and g (when the mode has one);
+   returns the row's weighted loss. */
+CE_INLINE double CE_FN(ce_row)(ce_problem *p, Py_ssize_t r, const CE_REAL *x, const CE_REAL *t, CE_REAL *g)
+{
+    const Py_ssize_t n = p->n_classes;
+    const CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+    if (p->from_logits && p->mode == CE_MODE_GRAD_LSE) {
+        CE_FN(ce_row_grad_lse)(p, r, in, x, t, g);
+        return 0.0;
+    }
+    int64_t arg;
+    CE_REAL m = CE_FN(ce_lane_max)(x, n, p->row_argmax ? &arg : NULL);
+    if (p->row_argmax)
+        p->row_argmax[r] = arg;
+    if (!p->from_logits) {
+        if (p->row_rank)
+            p->row_rank[r] = in.y >= 0 ? CE_FN(ce_count_greater)(x, n, x[in.y]) : 0;
+        double loss = in.masked ? 0.0 : CE_FN(ce_row_probs)(p, r, x, t, g, in.sw, in.gi);
+        if (in.masked && g)
             memset(g, 0, (size_t)n * sizeof(CE_REAL));
         if (p->row_loss)
             p->row_loss[r] = loss;
         return loss;
     }
-
-    if (mode == CE_MODE_GRAD_LSE) {
-        if (masked) {
-            memset(g, 0, (size_t)n * sizeof(CE_REAL));
-            return 0.0;
-        }
-        double lse = p->lse_in[r];
-        if (kind == CE_TARGET_INDEX) {
-            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse;
-            CE_REAL k1 = (CE_REAL)(gi * A), k2 = (CE_REAL)(gi * eps / (double)n);
-            double s_other = CE_FN(ce_grad_from_lse)(x, g, w, 0, y, (CE_REAL)lse, k1, k2)
-                           + CE_FN(ce_grad_from_lse)(x, g, w, y + 1, n, (CE_REAL)lse, k1, k2);
-            g[y] = (CE_REAL)(gi * (-A * s_other + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse));
-        } else {
-            CE_REAL a = (CE_REAL)(1.0 - eps), b = (CE_REAL)(eps / (double)n);
-            double T = CE_FN(ce_sum_target)(t, w, n, a, b);
-            CE_FN(ce_grad_from_lse)(x, g, NULL, 0, n, (CE_REAL)lse, (CE_REAL)(gi * (T + 2.0 * z * lse)), 0);
-            /* subtract the target part separately: exp(x - lse) * k1 is in g */
-#pragma omp simd
-            for (Py_ssize_t c = 0; c < n; c++)
-                g[c] -= (CE_REAL)gi * (w ? w[c] : (CE_REAL)1) * (a * t[c] + b);
-        }
-        return 0.0;
-    }
-
-    CE_REAL m = CE_FN(ce_row_max)(x, n);
-    if (p->row_argmax)
-        p->row_argmax[r] = CE_FN(ce_first_equal)(x, n, m);
-    int store = g != NULL && mode != CE_MODE_FORWARD && mode != CE_MODE_LOG_SOFTMAX;
+    const int store = g != NULL && p->mode != CE_MODE_FORWARD && p->mode != CE_MODE_LOG_SOFTMAX;
     double loss = 0.0, lse;
-
-    if (kind == CE_TARGET_INDEX && !masked) {
-        CE_REAL xy = x[y];
-        if (p->row_rank)
-            p->row_rank[r] = CE_FN(ce_count_greater)(x, n, xy);
-        double shift_sum = eps > 0 ? CE_FN(ce_sum_shift)(x, w, n, m) : 0.0;
-        double s_other = store ? CE_FN(ce_sum_exp_store)(x, g, 0, y, m)
-                                   + CE_FN(ce_sum_exp_store)(x, g, y + 1, n, m)
-                               : CE_FN(ce_sum_exp)(x, 0, y, m) + CE_FN(ce_sum_exp)(x, y + 1, n, m);
-        double e_y = (double)CE_EXP(xy - m);
-        double log_s = ce_log_sum2(e_y, s_other);
-        lse = (double)m + log_s;
-        /* (m - x_y) is exact in double; when y is the argmax it is 0 and the
-           loss is log(1 + s_other) with no cancellation at all */
-        double nll = ((double)m - (double)xy) + log_s;
-        loss = sw * ((1.0 - eps) * w_y * nll + eps / (double)n * (shift_sum + W * log_s)
-                     + z * w_y * lse * lse);
-        if (store) {
-            double s = s_other + e_y;
-            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse;
-            CE_FN(ce_scale)(g, w, n, (CE_REAL)(gi * A / s), (CE_REAL)(gi * eps / (double)n));
-            /* p_y - 1 = -s_other / s: the other classes' sum, never 1 - p_y */
-            g[y] = (CE_REAL)(gi * (-A * s_other / s + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse));
-        }
-    } else if (kind == CE_TARGET_DENSE && !masked) {
-        CE_REAL a = (CE_REAL)(1.0 - eps), b = (CE_REAL)(eps / (double)n);
-        double T;
-        double shifted = CE_FN(ce_sum_dense)(x, t, w, n, m, a, b, &T);
-        double s = store ? CE_FN(ce_sum_exp_store)(x, g, 0, n, m) : CE_FN(ce_sum_exp)(x, 0, n, m);
-        double log_s = ce_log_d(s);
-        lse = (double)m + log_s;
-        loss = sw * (shifted + T * log_s + z * lse * lse);
-        if (store)
-            CE_FN(ce_scale_dense)(g, t, w, n, (CE_REAL)(gi * (T + 2.0 * z * lse) / s), (CE_REAL)gi, a, b);
-    } else {
-        /* no target (softmax, log_softmax, logsumexp) or a masked row */
-        double s = store ? CE_FN(ce_sum_exp_store)(x, g, 0, n, m) : CE_FN(ce_sum_exp)(x, 0, n, m);
-        lse = (double)m + ce_log_d(s);
-        if (store && mode == CE_MODE_SOFTMAX)
-            CE_FN(ce_scale)(g, NULL, n, (CE_REAL)(1.0 / s), 0);
-        if (g && mode == CE_MODE_LOG_SOFTMAX) {
-            CE_REAL l = (CE_REAL)lse;
-#pragma omp simd
-            for (Py_ssize_t c = 0; c < n; c++)
-                g[c] = x[c] - l;
-        }
-        if (masked) {
-            if (g && mode == CE_MODE_FUSED)
-                memset(g, 0, (size_t)n * sizeof(CE_REAL));
-            if (p->row_rank)
-                p->row_rank[r] = 0;
-        }
-    }
+    if (in.y >= 0)
+        loss = CE_FN(ce_row_index)(p, r, in, x, store ? g : NULL, m, &lse);
+    else if (p->target_kind == CE_TARGET_DENSE && !in.masked)
+        loss = CE_FN(ce_row_dense)(p, in, x, t, store ? g : NULL, m, &lse);
+    else
+        lse = CE_FN(ce_row_free)(p, r, in, x, g, m, store);
     if (p->row_lse)
         p->row_lse[r] = lse;
     if (p->row_loss)
@@ -364,12 +466,262 @@ static int CE_FN(ce_columns_ok)(const ce_problem *p)
         || p->block_rows > CE_SMALL_ROWS || n > (1 << 24))
         return 0;
     if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile */
-        return n <= CE_SMALL_C && p->x.s_class == 1 && p->x.s_outer == n
-            && (p->target_kind != CE_TARGET_DENSE || (p->t.s_class == 1 && p->t.s_outer == n))
-            && (p->g.data == NULL || (p->g.s_class == 1 && p->g.s_outer == n));
+        return n <= CE_TILE_MAX_C;   /* any strides: the tile is a copy */
     /* class axis not last: rows of one outer index are contiguous per class */
     return p->x.s_inner == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_inner == 1)
         && (p->g.data == NULL || p->g.s_inner == 1);
+}
+
+/* per-row state of the class-major kernel (up to CE_SMALL_ROWS rows) */
+typedef struct {
+    CE_REAL m[CE_SMALL_ROWS], am[CE_SMALL_ROWS], yf[CE_SMALL_ROWS], xy[CE_SMALL_ROWS];
+    CE_REAL acc[CE_SMALL_ROWS], cnt[CE_SMALL_ROWS], sacc[CE_SMALL_ROWS], tacc[CE_SMALL_ROWS];
+    CE_REAL k1[CE_SMALL_ROWS], k2[CE_SMALL_ROWS];
+    double so[CE_SMALL_ROWS], ss[CE_SMALL_ROWS], st[CE_SMALL_ROWS], tot[CE_SMALL_ROWS];
+    double lg[CE_SMALL_ROWS], lse[CE_SMALL_ROWS], loss[CE_SMALL_ROWS], gy[CE_SMALL_ROWS];
+    double wy[CE_SMALL_ROWS], sw[CE_SMALL_ROWS], gi[CE_SMALL_ROWS];
+    Py_ssize_t yi[CE_SMALL_ROWS];
+} CE_FN(ce_cols);
+
+/* labels, weights and the target logit of each row (yf = -1: no target) */
+CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, const CE_REAL *x,
+                                    Py_ssize_t xs, CE_FN(ce_cols) *T)
+{
+    if (p->target_kind == CE_TARGET_INDEX && !p->row_weight && !p->row_grad && !p->class_weight) {
+        const int64_t *lab = p->labels + r0;
+        const int64_t ignore = p->ignore_index;
+        const double gs = p->grad_scale;
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            int keep = lab[i] != ignore;
+            T->yi[i] = keep ? (Py_ssize_t)lab[i] : 0;
+            T->yf[i] = keep ? (CE_REAL)lab[i] : (CE_REAL)-1;   /* exact: n <= 2^24 */
+            T->sw[i] = keep ? 1.0 : 0.0;
+            T->wy[i] = 1.0;
+            T->gi[i] = keep ? gs : 0.0;
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r0 + i);
+            T->yi[i] = in.y >= 0 ? in.y : 0;
+            T->yf[i] = (CE_REAL)in.y;
+            T->sw[i] = in.sw;
+            T->wy[i] = in.w_y;
+            T->gi[i] = in.gi;
+        }
+    }
+    for (Py_ssize_t i = 0; i < nr; i++)
+        T->xy[i] = x[T->yi[i] * xs + i];
+}
+
+/* row maxima (NaN skipped) and the first class holding each */
+CE_INLINE void CE_FN(ce_cols_max)(const CE_REAL *x, Py_ssize_t xs, Py_ssize_t nr, Py_ssize_t n,
+                                  CE_FN(ce_cols) *T)
+{
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        T->m[i] = -INFINITY;
+        T->am[i] = 0;
+    }
+    for (Py_ssize_t c = 0; c < n; c++) {
+        const CE_REAL cf = (CE_REAL)c;
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            CE_REAL v = x[c * xs + i];
+            int gt = v > T->m[i];
+            T->am[i] = gt ? cf : T->am[i];
+            T->m[i] = gt ? v : T->m[i];
+        }
+    }
+}
+
+/* sums that need the logits themselves (before g, which may be x, is written):
+   ss = sum w t' (m - x) (dense) or sum w (m - x) (smoothing); st = sum w t' */
+CE_INLINE void CE_FN(ce_cols_shift)(const ce_problem *p, const CE_REAL *x, Py_ssize_t xs, const CE_REAL *t,
+                                    Py_ssize_t ts, Py_ssize_t nr, CE_FN(ce_cols) *T)
+{
+    const Py_ssize_t n = p->n_classes;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const int dense = p->target_kind == CE_TARGET_DENSE;
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    const CE_REAL ta = (CE_REAL)k.one_eps, tb = (CE_REAL)k.eps_n;
+    memset(T->ss, 0, (size_t)nr * sizeof(double));
+    memset(T->st, 0, (size_t)nr * sizeof(double));
+    for (Py_ssize_t c0 = 0; c0 < n && (dense || k.eps_n > 0); c0 += CE_CHUNK) {
+        const Py_ssize_t c1 = c0 + CE_CHUNK < n ? c0 + CE_CHUNK : n;
+        memset(T->sacc, 0, (size_t)nr * sizeof(CE_REAL));
+        memset(T->tacc, 0, (size_t)nr * sizeof(CE_REAL));
+        for (Py_ssize_t c = c0; c < c1; c++) {
+            const CE_REAL wc = w ? w[c] : (CE_REAL)1;
+            if (dense) {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++) {
+                    CE_REAL tw = (ta * t[c * ts + i] + tb) * wc;
+                    CE_REAL term = tw * (T->m[i] - x[c * xs + i]);
+                    T->sacc[i] += tw == 0 ? (CE_REAL)0 : term;   /* xlogy: 0 * inf is 0 */
+                    T->tacc[i] += tw;
+                }
+            } else {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++)
+                    T->sacc[i] += wc * (T->m[i] - x[c * xs + i]);
+            }
+        }
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            T->ss[i] += (double)T->sacc[i];
+            T->st[i] += (double)T->tacc[i];
+        }
+    }
+}
+
+/* so = the other classes' exp sum (the target's own term left out), exps
+   stored into g when store, cnt = classes above the target logit when count */
+CE_INLINE void CE_FN(ce_cols_exp)(const CE_REAL *x, Py_ssize_t xs, CE_REAL *g, Py_ssize_t gs, Py_ssize_t nr,
+                                  Py_ssize_t n, int store, int count, CE_FN(ce_cols) *T)
+{
+    memset(T->so, 0, (size_t)nr * sizeof(double));
+    memset(T->cnt, 0, (size_t)nr * sizeof(CE_REAL));
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_CHUNK) {
+        const Py_ssize_t c1 = c0 + CE_CHUNK < n ? c0 + CE_CHUNK : n;
+        memset(T->acc, 0, (size_t)nr * sizeof(CE_REAL));
+        for (Py_ssize_t c = c0; c < c1; c++) {
+            const CE_REAL cf = (CE_REAL)c;
+            const CE_REAL *xc = x + c * xs;
+            if (store) {
+                CE_REAL *gc = g + c * gs;
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++) {
+                    CE_REAL e = CE_EXP(xc[i] - T->m[i]);
+                    T->acc[i] += cf == T->yf[i] ? (CE_REAL)0 : e;
+                    gc[i] = e;
+                }
+            } else if (count) {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++) {
+                    CE_REAL e = CE_EXP(xc[i] - T->m[i]);
+                    T->acc[i] += cf == T->yf[i] ? (CE_REAL)0 : e;
+                    T->cnt[i] += xc[i] > T->xy[i] ? (CE_REAL)1 : (CE_REAL)0;
+                }
+            } else {
+#pragma omp simd
+                for (Py_ssize_t i = 0; i < nr; i++) {
+                    CE_REAL e = CE_EXP(xc[i] - T->m[i]);
+                    T->acc[i] += cf == T->yf[i] ? (CE_REAL)0 : e;
+                }
+            }
+        }
+        for (Py_ssize_t i = 0; i < nr; i++)
+            T->so[i] += (double)T->acc[i];
+    }
+}
+
+/* log, lse and the loss of each row; returns their sum in row order */
+CE_INLINE double CE_FN(ce_cols_finish)(const ce_problem *p, Py_ssize_t nr, CE_FN(ce_cols) *T)
+{
+    const ce_consts k = ce_consts_of(p->smoothing, p->n_classes, p->class_weight_sum, p->z_loss);
+    const int index = p->target_kind == CE_TARGET_INDEX, dense = p->target_kind == CE_TARGET_DENSE;
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++)   /* acc is free now: it gets the target's exp */
+        T->acc[i] = T->yf[i] >= 0 ? CE_EXP(T->xy[i] - T->m[i]) : (CE_REAL)0;
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        double a = (double)T->acc[i], b = T->so[i], s = a + b, bb = s - a;
+        T->tot[i] = s;
+        /* log(a + b) with the rounding error of a + b folded back in, as ce_log_sum2 */
+        T->lg[i] = ce_log_d(s) + ((a - (s - bb)) + (b - bb)) / s;
+        T->lse[i] = (double)T->m[i] + T->lg[i];
+    }
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        double nll = ((double)T->m[i] - (double)T->xy[i]) + T->lg[i];   /* exact when y is the argmax */
+        double l = index ? ce_loss_index(k, T->wy[i], nll, T->ss[i], T->lg[i], T->lse[i])
+                 : dense ? ce_loss_dense(k, T->ss[i], T->st[i], T->lg[i], T->lse[i]) : 0.0;
+        T->loss[i] = T->sw[i] == 0 ? 0.0 : T->sw[i] * l;
+    }
+    /* their sum: 8 running sums (a fixed order, no serial chain of nr adds) */
+    double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    Py_ssize_t i8 = nr - nr % 8;
+    for (Py_ssize_t i = 0; i < i8; i += 8)
+        for (int j = 0; j < 8; j++)
+            part[j] += T->loss[i + j];
+    for (Py_ssize_t i = i8; i < nr; i++)
+        part[i - i8] += T->loss[i];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+CE_INLINE void CE_FN(ce_cols_outputs)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, CE_FN(ce_cols) *T)
+{
+    if (p->row_loss)
+        memcpy(p->row_loss + r0, T->loss, (size_t)nr * sizeof(double));
+    if (p->row_lse)
+        memcpy(p->row_lse + r0, T->lse, (size_t)nr * sizeof(double));
+    if (p->row_argmax)
+        for (Py_ssize_t i = 0; i < nr; i++)
+            p->row_argmax[r0 + i] = (int64_t)T->am[i];
+    if (p->row_rank)
+        for (Py_ssize_t i = 0; i < nr; i++)
+            p->row_rank[r0 + i] = T->yf[i] >= 0 ? (int64_t)T->cnt[i] : 0;
+}
+
+/* the per-row coefficients of g = e * k1 - k2 * w (t'), and the target entries */
+CE_INLINE void CE_FN(ce_cols_coefs)(const ce_problem *p, Py_ssize_t nr, CE_FN(ce_cols) *T)
+{
+    const ce_consts k = ce_consts_of(p->smoothing, p->n_classes, p->class_weight_sum, p->z_loss);
+    const int mode = p->mode, dense = p->target_kind == CE_TARGET_DENSE;
+#pragma omp simd
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        double inv = 1.0 / T->tot[i], gi = T->gi[i];
+        double A = ce_coef_index(k, T->wy[i], T->lse[i]);
+        double coef = mode == CE_MODE_SOFTMAX ? 1.0 : dense ? gi * ce_coef_dense(k, T->st[i], T->lse[i]) : gi * A;
+        T->k1[i] = (CE_REAL)(coef * inv);
+        T->k2[i] = (CE_REAL)(mode == CE_MODE_SOFTMAX ? 0.0 : dense ? gi : gi * k.eps_n);
+        T->gy[i] = gi * ce_target_entry(k, A, T->wy[i], T->so[i] * inv, T->lse[i]);
+    }
+}
+
+/* the modes that write g: softmax, log_softmax, fused (g holds exp(x - m)) */
+CE_INLINE void CE_FN(ce_cols_grad)(const ce_problem *p, Py_ssize_t nr, const CE_REAL *x, Py_ssize_t xs,
+                                   const CE_REAL *t, Py_ssize_t ts, CE_REAL *g, Py_ssize_t gs,
+                                   CE_FN(ce_cols) *T)
+{
+    const Py_ssize_t n = p->n_classes;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const int dense = p->target_kind == CE_TARGET_DENSE;
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    const CE_REAL ta = (CE_REAL)k.one_eps, tb = (CE_REAL)k.eps_n;
+    if (p->mode == CE_MODE_LOG_SOFTMAX) {
+        for (Py_ssize_t i = 0; i < nr; i++)
+            T->k1[i] = (CE_REAL)T->lse[i];
+        for (Py_ssize_t c = 0; c < n; c++) {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < nr; i++)
+                g[c * gs + i] = x[c * xs + i] - T->k1[i];
+        }
+        return;
+    }
+    CE_FN(ce_cols_coefs)(p, nr, T);
+    for (Py_ssize_t c = 0; c < n; c++) {
+        const CE_REAL wc = w ? w[c] : (CE_REAL)1;
+        CE_REAL *gc = g + c * gs;
+        if (dense) {
+            const CE_REAL *tc = t + c * ts;
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < nr; i++)
+                gc[i] = gc[i] * T->k1[i] - T->k2[i] * wc * (ta * tc[i] + tb);
+        } else {
+#pragma omp simd
+            for (Py_ssize_t i = 0; i < nr; i++)
+                gc[i] = gc[i] * T->k1[i] - T->k2[i] * wc;
+        }
+    }
+    if (p->mode != CE_MODE_FUSED)
+        return;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        if (T->sw[i] == 0) {
+            for (Py_ssize_t c = 0; c < n; c++)
+                g[c * gs + i] = 0;   /* a masked row is 0, even against NaN logits */
+        } else if (T->yf[i] >= 0) {
+            g[T->yi[i] * gs + i] = (CE_REAL)T->gy[i];
+        }
+    }
 }
 
 /* rows r0 .. r0 + nr - 1 (nr <= CE_SMALL_ROWS) held class-major in x (and t,
@@ -378,231 +730,60 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
                                    Py_ssize_t xs, const CE_REAL *t, Py_ssize_t ts, CE_REAL *g,
                                    Py_ssize_t gs)
 {
-    enum { R = CE_SMALL_ROWS };
-    const Py_ssize_t n = p->n_classes;
-    const CE_REAL *w = (const CE_REAL *)p->class_weight;
-    const int mode = p->mode, fused = mode == CE_MODE_FUSED;
-    const int dense = p->target_kind == CE_TARGET_DENSE, index = p->target_kind == CE_TARGET_INDEX;
-    const int store = fused || mode == CE_MODE_SOFTMAX;
-    const double eps = p->smoothing, z = p->z_loss, W = p->class_weight_sum;
-    const CE_REAL ta = (CE_REAL)(1.0 - eps), tb = (CE_REAL)(eps / (double)n);
-    CE_REAL m[R], yf[R], xy[R], ey[R], acc[R], sacc[R], tacc[R];
-    double so[R], ss[R], st[R];   /* the class sums in double: lane sums are flushed every CE_CHUNK classes */
-    double tot[R], lg[R], lse[R], loss[R], k1[R], k2[R], gy[R];
-    Py_ssize_t yi[R];
-    unsigned char masked[R];
-
-    memcpy(m, x, (size_t)nr * sizeof(CE_REAL));
-    for (Py_ssize_t c = 1; c < n; c++) {
-#pragma omp simd
-        for (Py_ssize_t i = 0; i < nr; i++)
-            m[i] = x[c * xs + i] > m[i] ? x[c * xs + i] : m[i];
-    }
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        int64_t y = index ? p->labels[r0 + i] : -1;
-        double sw = p->row_weight ? p->row_weight[r0 + i] : 1.0;
-        masked[i] = sw == 0.0 || (index && y == p->ignore_index);
-        yi[i] = index && !masked[i] ? (Py_ssize_t)y : 0;
-        yf[i] = index && !masked[i] ? (CE_REAL)y : (CE_REAL)-1;   /* exact: n <= 2^24 */
-        xy[i] = x[yi[i] * xs + i];
-    }
-    /* sums that need the logits themselves, before g (which may be x) is written */
-    memset(ss, 0, (size_t)nr * sizeof(double));
-    memset(st, 0, (size_t)nr * sizeof(double));
-    for (Py_ssize_t c0 = 0; c0 < n && (dense || eps > 0); c0 += CE_CHUNK) {
-        const Py_ssize_t c1 = c0 + CE_CHUNK < n ? c0 + CE_CHUNK : n;
-        memset(sacc, 0, (size_t)nr * sizeof(CE_REAL));
-        memset(tacc, 0, (size_t)nr * sizeof(CE_REAL));
-        for (Py_ssize_t c = c0; c < c1; c++) {
-            CE_REAL wc = w ? w[c] : (CE_REAL)1;
-            if (dense) {
-#pragma omp simd
-                for (Py_ssize_t i = 0; i < nr; i++) {
-                    CE_REAL tw = (ta * t[c * ts + i] + tb) * wc;
-                    CE_REAL term = tw * (m[i] - x[c * xs + i]);
-                    sacc[i] += tw == 0 ? (CE_REAL)0 : term;   /* xlogy: 0 * inf is 0 */
-                    tacc[i] += tw;
-                }
-            } else {
-#pragma omp simd
-                for (Py_ssize_t i = 0; i < nr; i++)
-                    sacc[i] += wc * (m[i] - x[c * xs + i]);
-            }
-        }
-        for (Py_ssize_t i = 0; i < nr; i++) {
-            ss[i] += (double)sacc[i];
-            st[i] += (double)tacc[i];
-        }
-    }
-    /* the other classes' exp sum: the target's own term is left out here */
-    memset(so, 0, (size_t)nr * sizeof(double));
-    for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_CHUNK) {
-      const Py_ssize_t c1 = c0 + CE_CHUNK < n ? c0 + CE_CHUNK : n;
-      memset(acc, 0, (size_t)nr * sizeof(CE_REAL));
-      for (Py_ssize_t c = c0; c < c1; c++) {
-        const CE_REAL cf = (CE_REAL)c;
-        if (store) {
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < nr; i++) {
-                CE_REAL e = CE_EXP(x[c * xs + i] - m[i]);
-                g[c * gs + i] = e;
-                acc[i] += cf == yf[i] ? (CE_REAL)0 : e;
-            }
-        } else {
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < nr; i++) {
-                CE_REAL e = CE_EXP(x[c * xs + i] - m[i]);
-                acc[i] += cf == yf[i] ? (CE_REAL)0 : e;
-            }
-        }
-      }
-      for (Py_ssize_t i = 0; i < nr; i++)
-          so[i] += (double)acc[i];
-    }
-#pragma omp simd
-    for (Py_ssize_t i = 0; i < nr; i++)
-        ey[i] = yf[i] >= 0 ? CE_EXP(xy[i] - m[i]) : (CE_REAL)0;
-#pragma omp simd
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        double a = (double)ey[i], b = so[i], s = a + b, bb = s - a;
-        tot[i] = s;
-        lg[i] = ((a - (s - bb)) + (b - bb)) / s;   /* TwoSum error of a + b, as in ce_log_sum2 */
-    }
-#pragma omp simd
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        lg[i] += ce_log_d(tot[i]);
-        lse[i] = (double)m[i] + lg[i];
-        loss[i] = ((double)m[i] - (double)xy[i]) + lg[i];   /* the plain nll; exact when y is the argmax */
-    }
-    const int plain = index && eps == 0 && z == 0 && !w && !p->row_weight;
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        Py_ssize_t r = r0 + i;
-        if (masked[i] || !(index || dense)) {
-            loss[i] = 0.0;
-            continue;
-        }
-        if (plain)
-            continue;
-        double sw = p->row_weight ? p->row_weight[r] : 1.0;
-        if (dense) {
-            loss[i] = sw * (ss[i] + st[i] * lg[i] + z * lse[i] * lse[i]);
-        } else {
-            double w_y = w ? (double)w[yi[i]] : 1.0;
-            double smooth = eps > 0 ? ss[i] + W * lg[i] : 0.0;
-            loss[i] = sw * ((1.0 - eps) * w_y * loss[i] + eps / (double)n * smooth + z * w_y * lse[i] * lse[i]);
-        }
-    }
-    double total = 0.0;
-    for (Py_ssize_t i = 0; i < nr; i++)
-        total += loss[i];
-    if (p->row_loss)
-        memcpy(p->row_loss + r0, loss, (size_t)nr * sizeof(double));
-    if (p->row_lse)
-        memcpy(p->row_lse + r0, lse, (size_t)nr * sizeof(double));
-    if (p->row_argmax) {
-        for (Py_ssize_t i = 0; i < nr; i++) {
-            Py_ssize_t c = 0;
-            while (c < n && x[c * xs + i] != m[i])
-                c++;
-            p->row_argmax[r0 + i] = c < n ? c : 0;   /* as ce_first_equal */
-        }
-    }
-    if (p->row_rank) {
-        for (Py_ssize_t i = 0; i < nr; i++) {
-            int64_t k = 0;
-            for (Py_ssize_t c = 0; c < n && index && !masked[i]; c++)
-                k += x[c * xs + i] > xy[i];
-            p->row_rank[r0 + i] = k;
-        }
-    }
-    if (mode == CE_MODE_FORWARD)
-        return total;
-
-    if (mode == CE_MODE_SOFTMAX) {
-        for (Py_ssize_t i = 0; i < nr; i++)
-            k1[i] = 1.0 / tot[i];
-        for (Py_ssize_t c = 0; c < n; c++) {
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < nr; i++)
-                g[c * gs + i] *= (CE_REAL)k1[i];
-        }
-        return total;
-    }
-    if (mode == CE_MODE_LOG_SOFTMAX) {
-        for (Py_ssize_t c = 0; c < n; c++) {
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < nr; i++)
-                g[c * gs + i] = x[c * xs + i] - (CE_REAL)lse[i];
-        }
-        return total;
-    }
-    /* fused: g holds exp(x - m); scale each row, then set the target entries */
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        Py_ssize_t r = r0 + i;
-        double sw = p->row_weight ? p->row_weight[r] : 1.0;
-        double gi = masked[i] ? 0.0 : p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * sw;
-        double inv = 1.0 / tot[i];
-        if (dense) {
-            k1[i] = gi * (st[i] + 2.0 * z * lse[i]) * inv;
-            k2[i] = gi;
-        } else {
-            double w_y = w ? (double)w[yi[i]] : 1.0;
-            double A = (1.0 - eps) * w_y + eps / (double)n * W + 2.0 * z * w_y * lse[i];
-            k1[i] = gi * A * inv;
-            k2[i] = gi * eps / (double)n;
-            /* p_y - 1 = -s_other / s: the other classes' sum, never 1 - p_y */
-            gy[i] = gi * (-A * so[i] * inv + eps / (double)n * (W - w_y) + 2.0 * z * w_y * lse[i]);
-        }
-    }
-    for (Py_ssize_t c = 0; c < n; c++) {
-        CE_REAL wc = w ? w[c] : (CE_REAL)1;
-        if (dense) {
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < nr; i++)
-                g[c * gs + i] = g[c * gs + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc * (ta * t[c * ts + i] + tb);
-        } else {
-#pragma omp simd
-            for (Py_ssize_t i = 0; i < nr; i++)
-                g[c * gs + i] = g[c * gs + i] * (CE_REAL)k1[i] - (CE_REAL)k2[i] * wc;
-        }
-    }
-    for (Py_ssize_t i = 0; i < nr; i++) {
-        if (masked[i]) {
-            for (Py_ssize_t c = 0; c < n; c++)
-                g[c * gs + i] = 0;   /* even against NaN logits */
-        } else if (index) {
-            g[yi[i] * gs + i] = (CE_REAL)gy[i];
-        }
-    }
+    CE_FN(ce_cols) T;
+    const int store = p->mode == CE_MODE_FUSED || p->mode == CE_MODE_SOFTMAX;
+    CE_FN(ce_cols_setup)(p, r0, nr, x, xs, &T);
+    CE_FN(ce_cols_max)(x, xs, nr, p->n_classes, &T);
+    CE_FN(ce_cols_shift)(p, x, xs, t, ts, nr, &T);
+    CE_FN(ce_cols_exp)(x, xs, g, gs, nr, p->n_classes, store, p->row_rank != NULL, &T);
+    double total = CE_FN(ce_cols_finish)(p, nr, &T);
+    CE_FN(ce_cols_outputs)(p, r0, nr, &T);
+    if (p->mode != CE_MODE_FORWARD)
+        CE_FN(ce_cols_grad)(p, nr, x, xs, t, ts, g, gs, &T);
     return total;
 }
 
-CE_INLINE void CE_FN(ce_transpose)(CE_REAL *dst, Py_ssize_t ds, Py_ssize_t dc, const CE_REAL *src,
-                                   Py_ssize_t ss, Py_ssize_t sc, Py_ssize_t nr, Py_ssize_t n)
+/* class-major tile of nr rows (row stride rs) <- rows of n classes at element
+   strides (so between rows, sc between classes) */
+CE_INLINE void CE_FN(ce_tile_in)(CE_REAL *tile, Py_ssize_t rs, const CE_REAL *src, Py_ssize_t so, Py_ssize_t sc,
+                                 Py_ssize_t nr, Py_ssize_t n)
+{
+    for (Py_ssize_t c = 0; c < n; c++)
+        for (Py_ssize_t i = 0; i < nr; i++)
+            tile[c * rs + i] = src[i * so + c * sc];
+}
+
+CE_INLINE void CE_FN(ce_tile_out)(CE_REAL *dst, Py_ssize_t so, Py_ssize_t sc, const CE_REAL *tile, Py_ssize_t rs,
+                                  Py_ssize_t nr, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < nr; i++)
         for (Py_ssize_t c = 0; c < n; c++)
-            dst[i * ds + c * dc] = src[i * ss + c * sc];
+            dst[i * so + c * sc] = tile[c * rs + i];
 }
 
 /* rows [r0, r1) of the block through the class-major kernel */
 CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r1)
 {
-    enum { R = CE_SMALL_ROWS };
     const Py_ssize_t n = p->n_classes, inner = p->inner;
     const int dense = p->target_kind == CE_TARGET_DENSE, has_g = p->g.data != NULL;
+    double total = 0.0;
     if (inner == 1) {
-        CE_REAL xt[CE_SMALL_C * R], tt[CE_SMALL_C * R], gt[CE_SMALL_C * R];
-        Py_ssize_t nr = r1 - r0;
-        CE_FN(ce_transpose)(xt, 1, R, (const CE_REAL *)p->x.data + r0 * n, n, 1, nr, n);
-        if (dense)
-            CE_FN(ce_transpose)(tt, 1, R, (const CE_REAL *)p->t.data + r0 * n, n, 1, nr, n);
-        double total = CE_FN(ce_columns)(p, r0, nr, xt, R, tt, R, has_g ? gt : NULL, R);
-        if (has_g)
-            CE_FN(ce_transpose)((CE_REAL *)p->g.data + r0 * n, n, 1, gt, 1, R, nr, n);
+        CE_REAL xt[CE_TILE], tt[CE_TILE], gt[CE_TILE];
+        Py_ssize_t rs = CE_TILE / n < CE_SMALL_ROWS ? CE_TILE / n : CE_SMALL_ROWS;
+        for (Py_ssize_t r = r0; r < r1; r += rs) {
+            Py_ssize_t nr = r1 - r < rs ? r1 - r : rs;
+            CE_FN(ce_tile_in)(xt, rs, (const CE_REAL *)p->x.data + r * p->x.s_outer, p->x.s_outer,
+                              p->x.s_class, nr, n);
+            if (dense)
+                CE_FN(ce_tile_in)(tt, rs, (const CE_REAL *)p->t.data + r * p->t.s_outer, p->t.s_outer,
+                                  p->t.s_class, nr, n);
+            total += CE_FN(ce_columns)(p, r, nr, xt, rs, tt, rs, has_g ? gt : NULL, rs);
+            if (has_g)
+                CE_FN(ce_tile_out)((CE_REAL *)p->g.data + r * p->g.s_outer, p->g.s_outer, p->g.s_class, gt,
+                                   rs, nr, n);
+        }
         return total;
     }
-    double total = 0.0;
     for (Py_ssize_t r = r0; r < r1;) {   /* one stripe per outer index */
         Py_ssize_t o = r / inner, i0 = r % inner;
         Py_ssize_t nr = inner - i0 < r1 - r ? inner - i0 : r1 - r;
