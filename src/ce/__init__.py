@@ -12,7 +12,7 @@ from ._loss import (
     softmax,
 )
 from ._config import show_config
-from ._score import score
+from ._score import Score, score
 
 __version__ = "0.1.0"
 
@@ -25,4 +25,5 @@ __all__ = [
     "softmax",
     "show_config",
     "score",
+    "Score",
 ]
