@@ -85,7 +85,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_kernels.pxd"],
+        depends=["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h", "src/ce/_kernels.pxd"],
     ),
     Extension(  # exact float64 sums for Score (no OpenMP, no SIMD dispatch needed)
         "ce._exact",

@@ -33,16 +33,33 @@ def as_array(a, name):
         raise TypeError(f"{name} must be array-like: {exc}") from exc
 
 
+def is_half(dt):
+    """float16 or ml_dtypes.bfloat16: read by the kernels directly, computed in float32."""
+    return dt.itemsize == 2 and (dt.kind == "f" or _kernels.is_bfloat16(dt))
+
+
+def kernel_real(dt):
+    """The dtype of class weights for logits of dtype dt (float32 for half precision)."""
+    return np.dtype(np.float32) if is_half(dt) else dt
+
+
+def eps_of(dt):
+    """Machine epsilon of a float dtype, bfloat16 included (2^-7)."""
+    return 2.0 ** -7 if _kernels.is_bfloat16(dt) else float(np.finfo(dt).eps)
+
+
 def as_logits(x, name="logits"):
-    """Return (array in a computing dtype, result dtype)."""
+    """Return (array in a kernel dtype, result dtype); float16 and bfloat16 are not copied."""
     x = as_array(x, name)
     dt = x.dtype
-    if dt.kind != "f":
-        raise TypeError(f"{name} must be a float16/float32/float64 array, got dtype {dt}")
+    if dt.kind != "f" and not _kernels.is_bfloat16(dt):
+        raise TypeError(f"{name} must be a float16/bfloat16/float32/float64 array, got dtype {dt}")
     if x.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis)")
     if dt.itemsize == 2:
-        return x.astype(np.float32), np.dtype(np.float16)
+        if not dt.isnative:
+            x = x.astype(dt.newbyteorder("="))
+        return x, x.dtype
     if dt.itemsize > 8:
         raise TypeError(f"{name} dtype {dt} is not supported (use float32 or float64)")
     if not dt.isnative:
@@ -207,6 +224,7 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
     if not -(2**63) <= p.ignore_index < 2**63:
         raise ValueError(f"ignore_index={ignore_index} does not fit in int64")
     compute = p.x.dtype
+    weight_dtype = kernel_real(compute)
 
     # class weights: kept in the computing dtype for the kernel, float64 for sums
     if weight is None:
@@ -217,13 +235,13 @@ def problem(logits, target, axis, reduction, weight, sample_weight, ignore_index
         if w.shape != (p.n_classes,):
             raise ValueError(f"weight must have shape ({p.n_classes},) (one per class), got {w.shape}")
         p.class_weight_64 = c_array(w, dtype=np.float64)
-        p.class_weight = c_array(w, dtype=compute)
+        p.class_weight = c_array(w, dtype=weight_dtype)
         p.class_weight_sum = float(p.class_weight_64.sum())
 
     # target: class indices (per-example shape) or dense (logits' shape)
     tgt = as_array(target, "target")
     if tgt.shape == p.shape and not (tgt.shape == p.rest and tgt.dtype.kind in "iu"):
-        if tgt.dtype.kind not in "fiub":
+        if tgt.dtype.kind not in "fiub" and not _kernels.is_bfloat16(tgt.dtype):
             raise TypeError(f"target (dense) must be a real array, got dtype {tgt.dtype}")
         p.kind = _kernels.TARGET_DENSE
         t = tgt.astype(compute, copy=False)
@@ -303,8 +321,6 @@ def output_for(p, out, name="out"):
     kernel writes, array to copy into `out` afterwards or None)."""
     if out is None:
         g, view = new_output(p, p.x.dtype)
-        if p.dtype != p.x.dtype:  # float16: computed in float32, returned as float16
-            return np.empty(p.shape, dtype=p.dtype), view, g
         return g, view, None
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
@@ -322,7 +338,7 @@ def output_for(p, out, name="out"):
             and view.strides == p.x.strides
         if np.may_share_memory(view, out) and (in_place or not np.may_share_memory(view, p.x)):
             return out, view, None
-    # float16, byte-swapped, a layout no view describes, or overlapping the logits
+    # byte-swapped, a layout no view describes, or overlapping the logits
     # other than element for element: computed aside, then copied into out
     g, view = new_output(p, p.x.dtype)
     return out, view, g

@@ -31,6 +31,7 @@ cdef extern from "_ce_core.h" nogil:
     ctypedef struct ce_problem:
         Py_ssize_t n_rows, n_classes, inner, block_rows
         int mode, target_kind, from_logits
+        int dtype
         ce_view x, t, g
         const int64_t *labels
         int64_t ignore_index
@@ -56,6 +57,9 @@ cdef extern from "_ce_core.h" nogil:
     void ce_probe_write(double *a, Py_ssize_t n, double v)
     void ce_block_f32(ce_problem *p, Py_ssize_t b)
     void ce_block_f64(ce_problem *p, Py_ssize_t b)
+    int CE_DTYPE_F32, CE_DTYPE_F64, CE_DTYPE_F16, CE_DTYPE_BF16
+    void ce_block_any(ce_problem *p, Py_ssize_t b)
+    int ce_half_portable
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
                                const double *row_weight, double *total, Py_ssize_t *count)
@@ -153,18 +157,14 @@ cdef int ce_solve(ce_problem *p, int is_double, int n_threads) noexcept nogil:
         threads = 1
     if threads > n_blocks:
         threads = <int>n_blocks
+    if is_double and p.dtype == CE_DTYPE_F32:  # callers that set is_double only
+        p.dtype = CE_DTYPE_F64
     if threads <= 1 or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
         for b in range(n_blocks):
-            if is_double:
-                ce_block_f64(p, b)
-            else:
-                ce_block_f32(p, b)
+            ce_block_any(p, b)
     else:
         for b in prange(n_blocks, num_threads=threads, schedule="static"):
-            if is_double:
-                ce_block_f64(p, b)
-            else:
-                ce_block_f32(p, b)
+            ce_block_any(p, b)
     return -1 if p.failed else 0
 
 
@@ -425,6 +425,31 @@ def plain_loss_and_grad(logits, target, reduction, ignore_index, label_smoothing
     return plain_call(logits, target, reduction, ignore_index, label_smoothing, grad_output, True)
 
 
+cdef int dtype_code(cnp.ndarray x):
+    """The ce_dtype of x (bfloat16: ml_dtypes', the only 2-byte user dtype taken), or -1."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT:
+        return CE_DTYPE_F32
+    if typenum == cnp.NPY_DOUBLE:
+        return CE_DTYPE_F64
+    if typenum == cnp.NPY_FLOAT16:
+        return CE_DTYPE_F16
+    if is_bfloat16(x.dtype):
+        return CE_DTYPE_BF16
+    return -1
+
+
+def is_bfloat16(dt):
+    """True for ml_dtypes.bfloat16 (checked without importing ml_dtypes)."""
+    return dt.itemsize == 2 and dt.name == "bfloat16" and dt.type.__module__ == "ml_dtypes"
+
+
+def _set_half_portable(bint on):
+    """Tests: use the portable float16 conversions even where F16C exists."""
+    global ce_half_portable
+    ce_half_portable = on
+
+
 def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object labels,
         int64_t ignore_index, object class_weight, double class_weight_sum,
         object row_weight, object row_grad, double grad_scale, double smoothing,
@@ -438,13 +463,14 @@ def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object lab
     cdef ce_problem p
     cdef cnp.npy_intp *shape
     cdef int is_double = cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE
+    cdef int dtype = dtype_code(x)
     # the Python layer guarantees these; checked again because a wrong pointer here
     # is a crash, not an exception
     for a, dims in ((x, 3), (t, 3), (g, 3), (labels, 1), (row_loss, 1), (row_lse, 1)):
         if a is not None and (type(a) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray>a) != dims):
             raise ValueError(f"ce._kernels.run: expected a {dims}-d ndarray")
-    if cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT and not is_double:
-        raise TypeError("ce._kernels.run: logits must be float32 or float64")
+    if dtype < 0:
+        raise TypeError("ce._kernels.run: logits must be float16, bfloat16, float32 or float64")
     shape = cnp.PyArray_DIMS(x)
     cdef Py_ssize_t n_blocks, b
     cdef double total = 0.0
@@ -457,6 +483,7 @@ def run(int mode, cnp.ndarray x, int target_kind, object t, object g, object lab
     p.mode = mode
     p.target_kind = target_kind
     p.from_logits = from_logits
+    p.dtype = dtype
     set_view(&p.x, x)
     p.t.data = NULL
     p.g.data = NULL

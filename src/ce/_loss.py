@@ -4,7 +4,8 @@ import math
 import numpy as np
 
 from . import _kernels
-from ._args import as_array, as_logits, c_array, check_labels, class_axes, output_for, problem, rows_view
+from ._args import (as_array, as_logits, c_array, check_labels, class_axes, eps_of, output_for,
+                    problem, rows_view)
 
 _DOC_KEYWORDS = """
     axis : int or tuple of ints, default -1
@@ -74,7 +75,7 @@ def _run(p, mode, g=None, row_grad=None, scale=1.0, lse_in=None, row_loss=None, 
         mode, p.x, p.kind, p.t, g, p.labels, p.ignore_index, p.class_weight,
         p.class_weight_sum, p.row_weight, row_grad, scale, p.smoothing, p.z_loss,
         p.softcap, p.from_logits, lse_in, row_loss, row_lse, None, None, p.n_threads,
-        float(np.finfo(p.dtype).eps))
+        eps_of(p.dtype))
 
 
 # Defaults as named objects: the plain-call fast path tests them by identity,

@@ -11,7 +11,7 @@ import operator
 import numpy as np
 
 from . import _kernels
-from ._args import check_labels, problem
+from ._args import check_labels, eps_of, problem
 from ._exactsum import ExactSum
 
 
@@ -252,6 +252,6 @@ def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, fro
     _kernels.run(_kernels.MODE_FORWARD, p.x, p.kind, None, None, p.labels, p.ignore_index,
                  None, p.class_weight_sum, p.row_weight, None, 1.0, 0.0, 0.0, 0.0,
                  p.from_logits, None, row_loss, None, argmax, rank, p.n_threads,
-                 float(np.finfo(p.dtype).eps))
+                 eps_of(p.dtype))
     hits = {k: (None if k == 1 else rank < k) for k in ks}
     return tally(p.labels, row_loss, argmax, hits, p.row_weight, p.ignore_index)

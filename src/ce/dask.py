@@ -38,7 +38,7 @@ import operator
 import numpy as np
 
 from . import _kernels
-from ._args import check_threads
+from ._args import check_threads, eps_of
 from ._loss import _Plain, cross_entropy as _cross_entropy
 from ._score import Score, check_top_k, score as _score, tally
 
@@ -226,7 +226,7 @@ def _options(ignore_index, from_logits, n_threads):
 
 
 def _eps(dtype):
-    return float(np.finfo(np.float16 if dtype == np.float16 else dtype).eps)
+    return eps_of(dtype)
 
 
 def _scores(logits, target, axis, ignore_index, sample_weight, from_logits, top_k, n_threads):

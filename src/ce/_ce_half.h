@@ -1,0 +1,250 @@
+/* ce: float16 and bfloat16 logits, read and written by the kernels directly.
+ *
+ * A block of half-precision rows (and dense targets) is converted into a
+ * float32 tile (cache-sized: a block holds about 16k logits), the float32
+ * block code runs on a sub-problem that points at the tile, and gradient /
+ * softmax results are converted back, rounded to nearest even. So half
+ * precision is read at 2 bytes a logit and computed exactly as float32 is
+ * (float32 lanes, float64 row and cross-row sums); per-row outputs (loss,
+ * lse, argmax) are the float32 kernel's.
+ *
+ * Conversions: float16 uses F16C (8 lanes an instruction) where the CPU has
+ * it, checked at run time, and portable integer code elsewhere; bfloat16 is
+ * integer bit work that gcc vectorises in every target clone. The tile code
+ * runs with FTZ/DAZ off, so half subnormals convert exactly both ways.
+ * bfloat16 results below FLT_MIN are 0: the float32 kernel flushes them.
+ *
+ * Included by _ce_core.h after the float32 row code.
+ */
+#ifndef CE_HALF_H
+#define CE_HALF_H
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define CE_HAVE_F16C_PATH 1
+#else
+#define CE_HAVE_F16C_PATH 0
+#endif
+
+enum ce_dtype { CE_DTYPE_F32 = 0, CE_DTYPE_F64 = 1, CE_DTYPE_F16 = 2, CE_DTYPE_BF16 = 3 };
+
+/* set by tests to exercise the portable float16 code on an F16C machine */
+static int ce_half_portable = 0;
+
+/* ---- portable conversions (exact, round to nearest even) ---- */
+
+CE_INLINE float ce_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t em = h & 0x7fffu;
+    uint32_t normal = (em << 13) + ((127u - 15u) << 23);
+    uint32_t special = (em << 13) | 0x7f800000u;            /* inf, NaN (payload kept) */
+    float sub = (float)(int32_t)em * 0x1p-24f;               /* zero and subnormals: exact */
+    uint32_t u = em >= 0x7c00u ? special : normal;
+    uint32_t bits = (em < 0x0400u ? ce_f2u(sub) : u) | sign;
+    return ce_u2f(bits);
+}
+
+/* float -> float16, nearest even; overflow to inf, NaN stays NaN (quiet). */
+CE_INLINE uint16_t ce_f32_to_f16(float f)
+{
+    uint32_t u = ce_f2u(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    /* normal halves: rebias, add the rounding bias (ties to even), drop 13 bits */
+    uint32_t odd = (a >> 13) & 1u;
+    uint32_t normal = (a + ((uint32_t)(15 - 127) << 23) + 0xfffu + odd) >> 13;
+    /* subnormal halves: the float addition rounds the value to a multiple of
+       2^-24 (nearest even), whose bits are then the half's */
+    float sub = ce_u2f(a) + 0.5f;
+    uint32_t subnormal = ce_f2u(sub) - ce_f2u(0.5f);
+    uint32_t r = a < 0x38800000u ? subnormal : normal;
+    r = a >= 0x47800000u ? 0x7c00u : r;                      /* >= 65536: inf */
+    r = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : r;
+    return (uint16_t)(r | sign);
+}
+
+CE_INLINE float ce_bf16_to_f32(uint16_t h) { return ce_u2f((uint32_t)h << 16); }
+
+CE_INLINE uint16_t ce_f32_to_bf16(float f)
+{
+    uint32_t u = ce_f2u(f);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t quiet = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
+}
+
+/* ---- row conversions ---- */
+
+#if CE_HAVE_F16C_PATH
+__attribute__((target("avx2,f16c")))
+static void ce_f16_load_f16c(float *dst, const uint16_t *src, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++)
+        dst[i] = _cvtsh_ss(src[i]);
+}
+
+__attribute__((target("avx2,f16c")))
+static void ce_f16_store_f16c(uint16_t *dst, const float *src, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+static int ce_have_f16c(void)
+{
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+    return have && !ce_half_portable;
+}
+#endif
+
+/* dst[c] = src[c * stride] as float32, for c < n */
+CE_INLINE void ce_half_load(float *dst, const uint16_t *src, Py_ssize_t n, Py_ssize_t stride,
+                            const int bf)
+{
+    if (stride == 1) {
+        if (bf) {
+#pragma omp simd
+            for (Py_ssize_t c = 0; c < n; c++)
+                dst[c] = ce_bf16_to_f32(src[c]);
+            return;
+        }
+#if CE_HAVE_F16C_PATH
+        if (ce_have_f16c()) {
+            ce_f16_load_f16c(dst, src, n);
+            return;
+        }
+#endif
+#pragma omp simd
+        for (Py_ssize_t c = 0; c < n; c++)
+            dst[c] = ce_f16_to_f32(src[c]);
+        return;
+    }
+    for (Py_ssize_t c = 0; c < n; c++)
+        dst[c] = bf ? ce_bf16_to_f32(src[c * stride]) : ce_f16_to_f32(src[c * stride]);
+}
+
+/* dst[c * stride] = src[c] rounded to the half dtype, for c < n */
+CE_INLINE void ce_half_store(uint16_t *dst, Py_ssize_t stride, const float *src, Py_ssize_t n,
+                             const int bf)
+{
+    if (stride == 1) {
+        if (bf) {
+#pragma omp simd
+            for (Py_ssize_t c = 0; c < n; c++)
+                dst[c] = ce_f32_to_bf16(src[c]);
+            return;
+        }
+#if CE_HAVE_F16C_PATH
+        if (ce_have_f16c()) {
+            ce_f16_store_f16c(dst, src, n);
+            return;
+        }
+#endif
+#pragma omp simd
+        for (Py_ssize_t c = 0; c < n; c++)
+            dst[c] = ce_f32_to_f16(src[c]);
+        return;
+    }
+    for (Py_ssize_t c = 0; c < n; c++)
+        dst[c * stride] = bf ? ce_f32_to_bf16(src[c]) : ce_f32_to_f16(src[c]);
+}
+
+/* MXCSR with FTZ and DAZ cleared, for exact conversions (restored after) */
+#if defined(__x86_64__) || defined(_M_X64)
+#define CE_EXACT_FP_ON(saved) do { saved = _mm_getcsr(); _mm_setcsr(saved & ~0x8040u); } while (0)
+#else
+#define CE_EXACT_FP_ON(saved) do { saved = 0; } while (0)
+#endif
+
+/* One block of a half-precision problem: rows [b * block_rows, ...) through
+   a float32 tile and ce_block_f32. p->class_weight is float32 here. */
+CE_INLINE void ce_block_half(ce_problem *p, Py_ssize_t b, const int bf)
+{
+    const Py_ssize_t n = p->n_classes, inner = p->inner;
+    const Py_ssize_t r0 = b * p->block_rows;
+    const Py_ssize_t r1 = r0 + p->block_rows < p->n_rows ? r0 + p->block_rows : p->n_rows;
+    const Py_ssize_t nr = r1 - r0;
+    const int has_t = p->target_kind == CE_TARGET_DENSE, has_g = p->g.data != NULL;
+    const size_t tile = (size_t)nr * (size_t)n;
+    float *xt = (float *)malloc(tile * (size_t)(1 + has_t + has_g) * sizeof(float));
+    if (!xt) {
+        p->failed = 1;
+        return;
+    }
+    float *tt = xt + tile, *gt = xt + tile * (size_t)(1 + has_t);
+    unsigned int csr;
+    CE_EXACT_FP_ON(csr);
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        ce_half_load(xt + (r - r0) * n, (const uint16_t *)p->x.data + ce_offset(&p->x, r, inner),
+                     n, p->x.s_class, bf);
+        if (has_t)
+            ce_half_load(tt + (r - r0) * n,
+                         (const uint16_t *)p->t.data + ce_offset(&p->t, r, inner), n,
+                         p->t.s_class, bf);
+    }
+    ce_problem q = *p;
+    q.n_rows = nr;
+    q.inner = 1;
+    q.block_rows = nr;
+    q.dtype = CE_DTYPE_F32;
+    q.x.data = (char *)xt;
+    q.x.s_outer = n;
+    q.x.s_class = 1;
+    q.x.s_inner = 0;
+    q.t = q.x;
+    q.t.data = has_t ? (char *)tt : NULL;
+    q.g = q.x;
+    q.g.data = has_g ? (char *)gt : NULL;
+#define CE_SHIFT(field) q.field = p->field ? p->field + r0 : NULL
+    CE_SHIFT(labels);
+    CE_SHIFT(row_weight);
+    CE_SHIFT(row_grad);
+    CE_SHIFT(lse_in);
+    CE_SHIFT(row_loss);
+    CE_SHIFT(row_lse);
+    CE_SHIFT(row_argmax);
+    CE_SHIFT(row_rank);
+#undef CE_SHIFT
+    double loss = 0.0;
+    q.block_loss = &loss;
+    q.failed = 0;
+    ce_block_f32(&q, 0);
+    if (q.failed)
+        p->failed = 1;
+    if (has_g && !q.failed)
+        for (Py_ssize_t r = r0; r < r1; r++)
+            ce_half_store((uint16_t *)p->g.data + ce_offset(&p->g, r, inner), p->g.s_class,
+                          gt + (r - r0) * n, n, bf);
+    if (p->block_loss)
+        p->block_loss[b] = loss;
+    CE_FTZ_OFF(csr);
+    free(xt);
+}
+
+CE_DISPATCH void ce_block_f16(ce_problem *p, Py_ssize_t b) { ce_block_half(p, b, 0); }
+CE_DISPATCH void ce_block_bf16(ce_problem *p, Py_ssize_t b) { ce_block_half(p, b, 1); }
+
+/* The block function of the problem's dtype. */
+CE_INLINE void ce_block_any(ce_problem *p, Py_ssize_t b)
+{
+    switch (p->dtype) {
+    case CE_DTYPE_F64: ce_block_f64(p, b); break;
+    case CE_DTYPE_F16: ce_block_f16(p, b); break;
+    case CE_DTYPE_BF16: ce_block_bf16(p, b); break;
+    default: ce_block_f32(p, b); break;
+    }
+}
+
+#endif /* CE_HALF_H */
