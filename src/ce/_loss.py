@@ -213,7 +213,8 @@ def _target_free(mode, x, axis, out, name="x"):
     if mode == _kernels.MODE_FORWARD:
         odd = ~np.isfinite(row_lse)
         if odd.any():  # rows of -inf, or with +inf: -inf / +inf as scipy and torch (NaN stays NaN)
-            rows = q.x.transpose(0, 2, 1).reshape(-1, q.x.shape[1])[odd]
+            with np.errstate(invalid="ignore"):  # signalling NaNs of bfloat16 warn when cast
+                rows = q.x.transpose(0, 2, 1).reshape(-1, q.x.shape[1])[odd].astype(np.float64)
             row_lse[odd] = np.where(np.isnan(rows).any(axis=1), np.nan, rows.max(axis=1))
         res = row_lse.reshape(q.rest).astype(q.dtype)
         return res[()] if res.ndim == 0 else res
