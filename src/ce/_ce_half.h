@@ -1,9 +1,9 @@
 /* ce: float16 and bfloat16 logits, read and written by the kernels directly.
  *
- * A block of half-precision rows (and dense targets) is converted into a
- * float32 tile (cache-sized: a block holds about 16k logits), the float32
- * block code runs on a sub-problem that points at the tile, and gradient /
- * softmax results are converted back, rounded to nearest even. So half
+ * A few half-precision rows at a time (and their dense targets) are converted
+ * into a float32 tile that stays in L1, the float32 block code runs on a
+ * sub-problem that points at the tile (writing gradient / softmax results
+ * over it in place), and those are converted back, rounded to nearest even. So half
  * precision is read at 2 bytes a logit and computed exactly as float32 is
  * (float32 lanes, float64 row and cross-row sums); per-row outputs (loss,
  * lse, argmax) are the float32 kernel's.
@@ -168,45 +168,61 @@ CE_INLINE void ce_half_store(uint16_t *dst, Py_ssize_t stride, const float *src,
 #define CE_EXACT_FP_ON(saved) do { saved = 0; } while (0)
 #endif
 
-/* One block of a half-precision problem: rows [b * block_rows, ...) through
-   a float32 tile and ce_block_f32. p->class_weight is float32 here. */
-CE_INLINE void ce_block_half(ce_problem *p, Py_ssize_t b, const int bf)
+/* Rows per float32 tile: about CE_HALF_TILE logits, so that the tile (which
+   also receives the gradient, in place) stays in L1 while the float32 code
+   makes its passes over it. */
+#define CE_HALF_TILE 8192
+
+/* rows [r0, r1) of view v are one contiguous run of (r1 - r0) * n elements */
+CE_INLINE int ce_half_packed(const ce_view *v, Py_ssize_t n, Py_ssize_t inner)
 {
-    const Py_ssize_t n = p->n_classes, inner = p->inner;
-    const Py_ssize_t r0 = b * p->block_rows;
-    const Py_ssize_t r1 = r0 + p->block_rows < p->n_rows ? r0 + p->block_rows : p->n_rows;
-    const Py_ssize_t nr = r1 - r0;
-    const int has_t = p->target_kind == CE_TARGET_DENSE, has_g = p->g.data != NULL;
-    const size_t tile = (size_t)nr * (size_t)n;
-    float *xt = (float *)malloc(tile * (size_t)(1 + has_t + has_g) * sizeof(float));
-    if (!xt) {
-        p->failed = 1;
+    return inner == 1 && v->s_class == 1 && v->s_outer == n;
+}
+
+/* tile (rows r0 .. r1 - 1, row-major) = half rows of v, as float32 */
+CE_INLINE void ce_half_rows_load(float *tile, const ce_view *v, Py_ssize_t r0, Py_ssize_t r1,
+                                 Py_ssize_t n, Py_ssize_t inner, const int bf)
+{
+    const uint16_t *base = (const uint16_t *)v->data;
+    if (ce_half_packed(v, n, inner)) {
+        ce_half_load(tile, base + r0 * n, (r1 - r0) * n, 1, bf);
         return;
     }
-    float *tt = xt + tile, *gt = xt + tile * (size_t)(1 + has_t);
-    unsigned int csr;
-    CE_EXACT_FP_ON(csr);
-    for (Py_ssize_t r = r0; r < r1; r++) {
-        ce_half_load(xt + (r - r0) * n, (const uint16_t *)p->x.data + ce_offset(&p->x, r, inner),
-                     n, p->x.s_class, bf);
-        if (has_t)
-            ce_half_load(tt + (r - r0) * n,
-                         (const uint16_t *)p->t.data + ce_offset(&p->t, r, inner), n,
-                         p->t.s_class, bf);
+    for (Py_ssize_t r = r0; r < r1; r++)
+        ce_half_load(tile + (r - r0) * n, base + ce_offset(v, r, inner), n, v->s_class, bf);
+}
+
+/* half rows r0 .. r1 - 1 of v = tile, rounded to nearest even */
+CE_INLINE void ce_half_rows_store(const ce_view *v, const float *tile, Py_ssize_t r0, Py_ssize_t r1,
+                                  Py_ssize_t n, Py_ssize_t inner, const int bf)
+{
+    uint16_t *base = (uint16_t *)v->data;
+    if (ce_half_packed(v, n, inner)) {
+        ce_half_store(base + r0 * n, 1, tile, (r1 - r0) * n, bf);
+        return;
     }
+    for (Py_ssize_t r = r0; r < r1; r++)
+        ce_half_store(base + ce_offset(v, r, inner), v->s_class, tile + (r - r0) * n, n, bf);
+}
+
+/* The float32 problem of rows [r0, r1) of p, held in tiles xt (logits, and the
+   gradient written over them in place) and tt (dense targets). */
+CE_INLINE ce_problem ce_half_sub(const ce_problem *p, Py_ssize_t r0, Py_ssize_t r1, float *xt,
+                                 float *tt, double *loss)
+{
     ce_problem q = *p;
-    q.n_rows = nr;
+    q.n_rows = r1 - r0;
     q.inner = 1;
-    q.block_rows = nr;
+    q.block_rows = r1 - r0;
     q.dtype = CE_DTYPE_F32;
     q.x.data = (char *)xt;
-    q.x.s_outer = n;
+    q.x.s_outer = p->n_classes;
     q.x.s_class = 1;
     q.x.s_inner = 0;
     q.t = q.x;
-    q.t.data = has_t ? (char *)tt : NULL;
+    q.t.data = p->target_kind == CE_TARGET_DENSE ? (char *)tt : NULL;
     q.g = q.x;
-    q.g.data = has_g ? (char *)gt : NULL;
+    q.g.data = p->g.data ? (char *)xt : NULL;
 #define CE_SHIFT(field) q.field = p->field ? p->field + r0 : NULL
     CE_SHIFT(labels);
     CE_SHIFT(row_weight);
@@ -217,18 +233,50 @@ CE_INLINE void ce_block_half(ce_problem *p, Py_ssize_t b, const int bf)
     CE_SHIFT(row_argmax);
     CE_SHIFT(row_rank);
 #undef CE_SHIFT
-    double loss = 0.0;
-    q.block_loss = &loss;
+    *loss = 0.0;
+    q.block_loss = loss;
     q.failed = 0;
-    ce_block_f32(&q, 0);
-    if (q.failed)
+    return q;
+}
+
+/* One block of a half-precision problem: rows [b * block_rows, ...), a few at
+   a time, through a float32 tile and ce_block_f32. p->class_weight is float32
+   here. The block's loss is the sum of the tiles' in row order. */
+CE_INLINE void ce_block_half(ce_problem *p, Py_ssize_t b, const int bf)
+{
+    const Py_ssize_t n = p->n_classes, inner = p->inner;
+    const Py_ssize_t r0 = b * p->block_rows;
+    const Py_ssize_t r1 = r0 + p->block_rows < p->n_rows ? r0 + p->block_rows : p->n_rows;
+    const int has_t = p->target_kind == CE_TARGET_DENSE, has_g = p->g.data != NULL;
+    Py_ssize_t sub = CE_HALF_TILE / n;
+    sub = sub < 1 ? 1 : (sub > r1 - r0 ? r1 - r0 : sub);
+    const size_t tile = (size_t)sub * (size_t)n;
+    float *xt = (float *)malloc(tile * (size_t)(1 + has_t) * sizeof(float));
+    if (!xt) {
         p->failed = 1;
-    if (has_g && !q.failed)
-        for (Py_ssize_t r = r0; r < r1; r++)
-            ce_half_store((uint16_t *)p->g.data + ce_offset(&p->g, r, inner), p->g.s_class,
-                          gt + (r - r0) * n, n, bf);
+        return;
+    }
+    float *tt = xt + tile;
+    unsigned int csr;
+    CE_EXACT_FP_ON(csr);
+    double acc = 0.0, loss;
+    for (Py_ssize_t s0 = r0; s0 < r1; s0 += sub) {
+        const Py_ssize_t s1 = s0 + sub < r1 ? s0 + sub : r1;
+        ce_half_rows_load(xt, &p->x, s0, s1, n, inner, bf);
+        if (has_t)
+            ce_half_rows_load(tt, &p->t, s0, s1, n, inner, bf);
+        ce_problem q = ce_half_sub(p, s0, s1, xt, tt, &loss);
+        ce_block_f32(&q, 0);
+        if (q.failed) {
+            p->failed = 1;
+            break;
+        }
+        if (has_g)
+            ce_half_rows_store(&p->g, xt, s0, s1, n, inner, bf);
+        acc += loss;
+    }
     if (p->block_loss)
-        p->block_loss[b] = loss;
+        p->block_loss[b] = acc;
     CE_FTZ_OFF(csr);
     free(xt);
 }
