@@ -94,6 +94,7 @@ def _after_fork_in_child():
 
 
 import os as _os
+import sys as _sys
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -328,7 +329,7 @@ cdef object plain_call(object logits, object target, object reduction, object ig
     cdef double stack_partial[64]
     cdef double *partial
     cdef Py_ssize_t n, c, bad, count = 0, n_blocks, b
-    cdef int typenum, status, red
+    cdef int typenum, status, red, dtype
     cdef int64_t ignore
     cdef float loss32
     cdef double loss64
@@ -358,7 +359,8 @@ cdef object plain_call(object logits, object target, object reduction, object ig
     if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(t) != 1:
         return None
     typenum = cnp.PyArray_TYPE(x)
-    if (typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE) or cnp.PyArray_TYPE(t) != cnp.NPY_INT64:
+    dtype = dtype_code(x)
+    if dtype < 0 or cnp.PyArray_TYPE(t) != cnp.NPY_INT64:
         return None
     if not cnp.PyArray_ISCARRAY_RO(x) or not cnp.PyArray_ISCARRAY_RO(t):
         return None
@@ -374,11 +376,13 @@ cdef object plain_call(object logits, object target, object reduction, object ig
     p.labels = <const int64_t *>cnp.PyArray_DATA(t)
     p.ignore_index = ignore
     p.smoothing = eps
+    p.dtype = dtype
     if red == 2:
         rows = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(x), cnp.NPY_DOUBLE, 0)
         p.row_loss = <double *>cnp.PyArray_DATA(rows)
     if fused:
-        g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), typenum, 0)
+        g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(x), typenum, 0) if dtype != CE_DTYPE_BF16 \
+            else np.empty((n, c), dtype=x.dtype)
         p.mode = CE_MODE_FUSED
         p.g.data = <char *>cnp.PyArray_DATA(g)
         p.g.s_outer = c
@@ -407,9 +411,11 @@ cdef object plain_call(object logits, object target, object reduction, object ig
     if status != 0:
         raise MemoryError("ce: out of memory for a scratch row")
     if red == 2:
-        return rows if typenum == cnp.NPY_DOUBLE else rows.astype(np.float32)
+        return rows if typenum == cnp.NPY_DOUBLE else rows.astype(x.dtype)
     loss64 = total / count_w if red == 0 else total   # 0 / 0 = NaN: a mean over nothing
-    if typenum == cnp.NPY_FLOAT:
+    if dtype >= CE_DTYPE_F16:  # float16 / bfloat16: rounded once from the float64 value
+        loss = x.dtype.type(loss64)
+    elif typenum == cnp.NPY_FLOAT:
         loss32 = <float>loss64
         loss = PyArray_Scalar(&loss32, cnp.PyArray_DESCR(x), None)
     else:
@@ -439,9 +445,19 @@ cdef int dtype_code(cnp.ndarray x):
     return -1
 
 
+_bfloat16_type = None
+
+
 def is_bfloat16(dt):
-    """True for ml_dtypes.bfloat16 (checked without importing ml_dtypes)."""
-    return dt.itemsize == 2 and dt.name == "bfloat16" and dt.type.__module__ == "ml_dtypes"
+    """True for ml_dtypes.bfloat16 (an array of it exists only once ml_dtypes is imported,
+    so ce never imports it)."""
+    global _bfloat16_type
+    if _bfloat16_type is None:
+        module = _sys.modules.get("ml_dtypes")
+        if module is None:
+            return False
+        _bfloat16_type = module.bfloat16
+    return dt.type is _bfloat16_type
 
 
 def _set_half_portable(bint on):
