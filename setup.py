@@ -85,8 +85,17 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_kernels.pxd"],
-    )
+        depends=["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h", "src/ce/_kernels.pxd"],
+    ),
+    Extension(  # exact float64 sums for Score (no OpenMP, no SIMD dispatch needed)
+        "ce._exact",
+        ["src/ce/_exact.pyx"],
+        include_dirs=[np.get_include(), "src/ce"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=[a for a in compile_args if "openmp" not in a] + (
+            [] if sys.platform == "win32" else ["-fopenmp-simd"]),
+        depends=["src/ce/_ce_exact.h"],
+    ),
 ]
 
 setup(

@@ -55,6 +55,7 @@ __all__ = [
     "ref_log_softmax",
     "ref_softmax",
     "ref_logsumexp",
+    "ref_sequence_score",
 ]
 
 
@@ -293,3 +294,19 @@ def ref_log_softmax(x, axis=-1):
 
 def ref_softmax(x, axis=-1):
     return np.exp(ref_log_softmax(x, axis=axis))
+
+
+def ref_sequence_score(logits, target, *, ignore_index=-100):
+    """Per-sequence log-likelihood the way lm-evaluation-harness computes it: a full float64
+    log_softmax over (..., T, V), gather the targets, sum over the counted positions (target
+    != ignore_index); greedy: every counted target is the first argmax of its row.
+    Returns (logprob, count, greedy), arrays over the leading axes."""
+    x = np.asarray(logits).astype(np.float64)
+    y = np.asarray(target)
+    logp = ref_log_softmax(x, axis=-1)                      # (..., T, V), materialised
+    counted = y != ignore_index
+    picked = np.take_along_axis(logp, np.where(counted, y, 0)[..., None], axis=-1)[..., 0]
+    logprob = np.where(counted, picked, 0.0).sum(axis=-1)
+    hit = (np.argmax(x, axis=-1) == y) & ~np.isnan(picked)
+    greedy = np.all(hit | ~counted, axis=-1)
+    return logprob, counted.sum(axis=-1), greedy

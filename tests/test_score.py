@@ -69,7 +69,9 @@ def test_derived_values():
     s = ce.score(x, y, top_k=(1, 3))
     assert s.mean_loss == s.loss_sum / s.weight_sum
     assert s.mean_loss == pytest.approx(float(ce.cross_entropy(x, y)), rel=1e-15)
-    assert s.loss_sum == float(ce.cross_entropy(x, y, reduction="sum"))  # the same kernel sum
+    # the exact sum of the same kernel's per-row losses, rounded once
+    assert s.loss_sum == math.fsum(ce.cross_entropy(x, y, reduction="none"))
+    assert s.loss_sum == pytest.approx(float(ce.cross_entropy(x, y, reduction="sum")), rel=1e-15)
     assert s.perplexity == math.exp(s.mean_loss)
     assert s.accuracy == s.correct / s.weight_sum == s.top_k_accuracy[1]
     assert s.top_k_accuracy[3] == s.top_k_correct[3] / s.weight_sum

@@ -13,6 +13,7 @@ from ._loss import (
 )
 from ._config import show_config
 from ._score import Score, score
+from ._sequence import SequenceScore, sequence_score
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,6 @@ __all__ = [
     "show_config",
     "score",
     "Score",
+    "sequence_score",
+    "SequenceScore",
 ]

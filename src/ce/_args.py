@@ -8,6 +8,7 @@ touched.
 """
 import math
 import operator
+import sys
 
 import numpy as np
 
@@ -31,13 +32,36 @@ def as_array(a, name):
         raise TypeError(f"{name} must be array-like: {exc}") from exc
 
 
+_bfloat16_type = None
+
+
+def is_bfloat16(dt):
+    """True for ml_dtypes.bfloat16 (an array of it exists only once ml_dtypes is imported,
+    so ce never imports it)."""
+    global _bfloat16_type
+    if _bfloat16_type is None:
+        module = sys.modules.get("ml_dtypes")
+        if module is None:
+            return False
+        _bfloat16_type = module.bfloat16
+    return dt.type is _bfloat16_type
+
+
+def is_half(dt):
+    """float16 or ml_dtypes.bfloat16: read by the kernels directly, computed in float32."""
+    return dt.itemsize == 2 and (dt.kind == "f" or is_bfloat16(dt))
+
+
+def kernel_real(dt):
+    """The dtype of class weights for logits of dtype dt (float32 for half precision)."""
+    return np.dtype(np.float32) if is_half(dt) else dt
+
+
 def as_logits(x, name="logits"):
-    """Return (array in a computing dtype, result dtype)."""
+    """Return (array in a kernel dtype, result dtype); float16 and bfloat16 are not copied."""
     x = as_array(x, name)
     dt = x.dtype
     check_logits_meta(dt, x.ndim, name)
-    if dt.itemsize == 2:
-        return x.astype(np.float32), np.dtype(np.float16)
     if not dt.isnative:
         x = x.astype(dt.newbyteorder("="))
     return x, x.dtype
@@ -46,8 +70,8 @@ def as_logits(x, name="logits"):
 def check_logits_meta(dtype, ndim, name="logits"):
     """What a front end holding only the dtype and the number of dimensions (a Dask
     array, a file header) can check of the logits."""
-    if dtype.kind != "f":
-        raise TypeError(f"{name} must be a float16/float32/float64 array, got dtype {dtype}")
+    if dtype.kind != "f" and not is_bfloat16(dtype):
+        raise TypeError(f"{name} must be a float16/bfloat16/float32/float64 array, got dtype {dtype}")
     if ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis)")
     if dtype.itemsize > 8:
@@ -217,8 +241,9 @@ def check_return_lse(return_lse, from_logits):
 
 
 def eps(dtype):
-    """The probability floor of from_logits=False: the result dtype's machine epsilon."""
-    return float(np.finfo(dtype).eps)
+    """The probability floor of from_logits=False: the result dtype's machine epsilon
+    (bfloat16 included: 2^-7)."""
+    return 2.0 ** -7 if is_bfloat16(dtype) else float(np.finfo(dtype).eps)
 
 
 def class_weights(weight, n_classes, compute):
@@ -237,7 +262,7 @@ def target_rows(target, shape, rest, axes, compute, n_classes):
     probabilities) has the logits' `shape`."""
     tgt = as_array(target, "target")
     if tgt.shape == shape and not (tgt.shape == rest and tgt.dtype.kind in "iu"):
-        if tgt.dtype.kind not in "fiub":
+        if tgt.dtype.kind not in "fiub" and not is_bfloat16(tgt.dtype):
             raise TypeError(f"target (dense) must be a real array, got dtype {tgt.dtype}")
         t = tgt.astype(compute, copy=False)
         if not t.dtype.isnative:
@@ -383,9 +408,7 @@ def output_for(p, out, name="out"):
     afterwards or None)."""
     x = p.rows
     if out is None:
-        g, view = new_output(p, x.dtype)
-        if p.dtype != x.dtype:  # float16: computed in float32, returned as float16
-            return np.empty(p.shape, dtype=p.dtype), view, g
+        g, view = new_output(p, p.x.dtype)
         return g, view, None
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
@@ -403,7 +426,7 @@ def output_for(p, out, name="out"):
             and view.strides == x.strides
         if np.may_share_memory(view, out) and (in_place or not np.may_share_memory(view, x)):
             return out, view, None
-    # float16, byte-swapped, a layout no view describes, or overlapping the logits
+    # byte-swapped, a layout no view describes, or overlapping the logits
     # other than element for element: computed aside, then copied into out
     g, view = new_output(p, x.dtype)
     return out, view, g

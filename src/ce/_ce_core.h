@@ -232,12 +232,13 @@ typedef struct {
     Py_ssize_t n_rows, n_classes, inner;
     Py_ssize_t block_rows;        /* rows per block: fixed by the shape only */
     int mode, target_kind, from_logits;
+    int dtype;                    /* enum ce_dtype (_ce_half.h) of x, t and g */
     ce_view x;                    /* logits (read) */
     ce_view t;                    /* dense target (read), same dtype as x */
     ce_view g;                    /* gradient / softmax output (written) */
     const int64_t *labels;        /* class indices, n_rows, contiguous */
     int64_t ignore_index;
-    const void *class_weight;     /* n_classes of the logits dtype, or NULL */
+    const void *class_weight;     /* n_classes of the logits dtype (float32 for half), or NULL */
     double class_weight_sum;      /* sum of class_weight (C when NULL) */
     const double *row_weight;     /* sample weights, n_rows, or NULL */
     const double *row_grad;       /* upstream gradient per row ("none"), or NULL */
@@ -328,6 +329,8 @@ CE_DISPATCH Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_s
 #undef CE_REAL
 #undef CE_SUFFIX
 #undef CE_EXP
+
+#include "_ce_half.h"   /* float16 / bfloat16 blocks, through float32 tiles */
 
 /* ---- memory bandwidth probe, for the benchmark's percent-of-bandwidth ---- */
 

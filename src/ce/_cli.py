@@ -224,7 +224,7 @@ def parser():
                  + __doc__.split("\n\n", 1)[1]
                  + "\nWith no LOGITS and TARGET, scores a built-in synthetic example.")
     ap.add_argument("logits", nargs="?", metavar="LOGITS",
-                    help=".npy, .npz[:member] or a directory of .npy shards; float16/32/64")
+                    help=".npy, .npz[:member] or a directory of .npy shards; float16/bfloat16/float32/float64")
     ap.add_argument("target", nargs="?", metavar="TARGET",
                     help="integer class indices, the logits' shape without the class axis")
     ap.add_argument("--axis", type=int, default=-1, help="the class axis (default -1; not 0)")
@@ -243,6 +243,30 @@ def parser():
 
 
 # ---- scoring ----
+
+class Retyped:
+    """A source whose rows are read as another dtype of the same size."""
+
+    def __init__(self, src, dtype):
+        self.src, self.name, self.shape, self.dtype = src, src.name, src.shape, dtype
+
+    def read(self, start, stop):
+        return self.src.read(start, stop).view(self.dtype)
+
+
+def bfloat16_source(src):
+    """np.save writes ml_dtypes.bfloat16 arrays (JAX's, bf16 models') with descr '<V2',
+    which loads as plain 2-byte void: such logits are read as bfloat16 (needs ml_dtypes)."""
+    dt = src.dtype
+    if not (dt.kind == "V" and dt.itemsize == 2 and dt.names is None and dt.subdtype is None):
+        return src
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise DataError(f"{src.name} holds 2-byte void data (bfloat16 as np.save writes it): "
+                        f"install ml_dtypes to score bfloat16 logits") from None
+    return Retyped(src, np.dtype(ml_dtypes.bfloat16))
+
 
 def check_shapes(x, t, axis):
     """The core's checks on the sources' shapes and dtypes, as one-line DataErrors."""
@@ -273,7 +297,7 @@ def chunk_rows(x, t, budget):
     per_x = math.prod(x.shape[1:])
     per_t = math.prod(t.shape[1:])
     itemsize = x.dtype.itemsize
-    convert = 4 if itemsize == 2 or not x.dtype.isnative else 0  # a float32 / native copy
+    convert = itemsize if not x.dtype.isnative else 0  # a native-order copy
     per_row = per_x * (itemsize + convert) + per_t * (t.dtype.itemsize + 8 * 5)
     return max(1, budget // max(per_row, 1))
 
@@ -383,8 +407,9 @@ def main(argv=None):
         if (args.logits is None) != (args.target is None):
             raise UsageError("give both LOGITS and TARGET, or neither for the built-in example")
         is_example = args.logits is None
-        x, t = example() if is_example else (open_source(f"logits {args.logits}", args.logits),
-                                             open_source(f"target {args.target}", args.target))
+        x, t = example() if is_example else (
+            bfloat16_source(open_source(f"logits {args.logits}", args.logits)),
+            open_source(f"target {args.target}", args.target))
         ax = check_shapes(x, t, args.axis)
         top_k = args.top_k or ((1, 5) if x.shape[ax] > 5 else (1,))
         progress = Progress(x.shape[0], sys.stderr) if sys.stderr.isatty() else None

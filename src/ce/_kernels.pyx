@@ -32,6 +32,7 @@ cdef extern from "_ce_core.h" nogil:
     ctypedef struct ce_problem:
         Py_ssize_t n_rows, n_classes, inner, block_rows
         int mode, target_kind, from_logits
+        int dtype
         ce_view x, t, g
         const int64_t *labels
         int64_t ignore_index
@@ -59,6 +60,9 @@ cdef extern from "_ce_core.h" nogil:
     void ce_probe_write(double *a, Py_ssize_t n, double v)
     int ce_block_f32(ce_problem *p, Py_ssize_t b)
     int ce_block_f64(ce_problem *p, Py_ssize_t b)
+    int CE_DTYPE_F32, CE_DTYPE_F64, CE_DTYPE_F16, CE_DTYPE_BF16
+    int ce_block_any(ce_problem *p, Py_ssize_t b)
+    int ce_half_portable
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
                                const double *row_weight, double *total, Py_ssize_t *count)
@@ -87,6 +91,7 @@ def _after_fork_in_child():
 
 
 import os as _os
+import sys as _sys
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -141,7 +146,7 @@ cdef inline Py_ssize_t block_rows_for(Py_ssize_t n_classes, Py_ssize_t inner) no
     return rows
 
 
-cdef Py_ssize_t ce_solve(ce_problem *p, int is_double, int n_threads) noexcept nogil:
+cdef Py_ssize_t ce_solve(ce_problem *p, int n_threads) noexcept nogil:
     """Run every block of p; returns the number of blocks that failed (each block
     reports its own status: only a scratch allocation can fail)."""
     cdef Py_ssize_t n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
@@ -153,16 +158,10 @@ cdef Py_ssize_t ce_solve(ce_problem *p, int is_double, int n_threads) noexcept n
         threads = <int>n_blocks
     if threads <= 1 or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
         for b in range(n_blocks):
-            if is_double:
-                failures += ce_block_f64(p, b) != 0
-            else:
-                failures += ce_block_f32(p, b) != 0
+            failures += ce_block_any(p, b) != 0
     else:
         for b in prange(n_blocks, num_threads=threads, schedule="static"):
-            if is_double:
-                failures += ce_block_f64(p, b) != 0
-            else:
-                failures += ce_block_f32(p, b) != 0
+            failures += ce_block_any(p, b) != 0
     return failures
 
 
@@ -197,9 +196,10 @@ def check_labels(cnp.ndarray labels, Py_ssize_t n_classes, int64_t ignore_index,
 
 
 cdef inline void init_rows(ce_problem *p, char *data, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                           Py_ssize_t row_stride, int mode, int target_kind) noexcept nogil:
+                           Py_ssize_t row_stride, int mode, int target_kind, int dtype) noexcept nogil:
     """A plain row-major problem for the C-level API; everything optional off."""
     memset(p, 0, sizeof(ce_problem))
+    p.dtype = dtype
     p.n_rows = n_rows
     p.n_classes = n_classes
     p.inner = 1
@@ -214,7 +214,7 @@ cdef inline void init_rows(ce_problem *p, char *data, Py_ssize_t n_rows, Py_ssiz
     p.grad_scale = 1.0
 
 
-cdef double solve_summed(ce_problem *p, int is_double, int n_threads) noexcept nogil:
+cdef double solve_summed(ce_problem *p, int n_threads) noexcept nogil:
     """ce_solve plus the ordered sum of the block partials (NaN when out of memory)."""
     cdef Py_ssize_t n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
     cdef Py_ssize_t b
@@ -224,7 +224,7 @@ cdef double solve_summed(ce_problem *p, int is_double, int n_threads) noexcept n
     p.block_loss = <double *>malloc(n_blocks * sizeof(double))
     if p.block_loss == NULL:
         return NAN
-    if ce_solve(p, is_double, n_threads) != 0:
+    if ce_solve(p, n_threads) != 0:
         total = NAN
     else:
         for b in range(n_blocks):
@@ -244,24 +244,24 @@ cdef double ce_forward_f32(const float *logits, Py_ssize_t n_rows, Py_ssize_t n_
                            Py_ssize_t row_stride, const int64_t *labels, int64_t ignore_index,
                            double *loss_out, double *lse_out, int n_threads) noexcept nogil:
     cdef ce_problem p
-    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_INDEX)
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_INDEX, CE_DTYPE_F32)
     p.labels = labels
     p.ignore_index = ignore_index
     p.row_loss = loss_out
     p.row_lse = lse_out
-    return solve_summed(&p, 0, n_threads)
+    return solve_summed(&p, n_threads)
 
 
 cdef double ce_forward_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_classes,
                            Py_ssize_t row_stride, const int64_t *labels, int64_t ignore_index,
                            double *loss_out, double *lse_out, int n_threads) noexcept nogil:
     cdef ce_problem p
-    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_INDEX)
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_INDEX, CE_DTYPE_F64)
     p.labels = labels
     p.ignore_index = ignore_index
     p.row_loss = loss_out
     p.row_lse = lse_out
-    return solve_summed(&p, 1, n_threads)
+    return solve_summed(&p, n_threads)
 
 
 cdef double ce_fused_f32(const float *logits, Py_ssize_t n_rows, Py_ssize_t n_classes,
@@ -269,7 +269,7 @@ cdef double ce_fused_f32(const float *logits, Py_ssize_t n_rows, Py_ssize_t n_cl
                          double grad_scale, float *grad, Py_ssize_t grad_row_stride,
                          double *lse_out, int n_threads) noexcept nogil:
     cdef ce_problem p
-    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FUSED, CE_TARGET_INDEX)
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FUSED, CE_TARGET_INDEX, CE_DTYPE_F32)
     p.labels = labels
     p.ignore_index = ignore_index
     p.grad_scale = grad_scale
@@ -277,7 +277,7 @@ cdef double ce_fused_f32(const float *logits, Py_ssize_t n_rows, Py_ssize_t n_cl
     p.g.s_outer = grad_row_stride
     p.g.s_class = 1
     p.row_lse = lse_out
-    return solve_summed(&p, 0, n_threads)
+    return solve_summed(&p, n_threads)
 
 
 cdef double ce_fused_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_classes,
@@ -285,7 +285,7 @@ cdef double ce_fused_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_c
                          double grad_scale, double *grad, Py_ssize_t grad_row_stride,
                          double *lse_out, int n_threads) noexcept nogil:
     cdef ce_problem p
-    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FUSED, CE_TARGET_INDEX)
+    init_rows(&p, <char *>logits, n_rows, n_classes, row_stride, CE_MODE_FUSED, CE_TARGET_INDEX, CE_DTYPE_F64)
     p.labels = labels
     p.ignore_index = ignore_index
     p.grad_scale = grad_scale
@@ -293,23 +293,23 @@ cdef double ce_fused_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_c
     p.g.s_outer = grad_row_stride
     p.g.s_class = 1
     p.row_lse = lse_out
-    return solve_summed(&p, 1, n_threads)
+    return solve_summed(&p, n_threads)
 
 
 cdef int ce_logsumexp_f32(const float *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
                           Py_ssize_t row_stride, double *lse_out, int n_threads) noexcept nogil:
     cdef ce_problem p
-    init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE)
+    init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE, CE_DTYPE_F32)
     p.row_lse = lse_out
-    return 0 if solve_summed(&p, 0, n_threads) == 0.0 else -1
+    return 0 if solve_summed(&p, n_threads) == 0.0 else -1
 
 
 cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
                           Py_ssize_t row_stride, double *lse_out, int n_threads) noexcept nogil:
     cdef ce_problem p
-    init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE)
+    init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE, CE_DTYPE_F64)
     p.row_lse = lse_out
-    return 0 if solve_summed(&p, 1, n_threads) == 0.0 else -1
+    return 0 if solve_summed(&p, n_threads) == 0.0 else -1
 
 
 # ---- the Python-level seam: a Call describes one call, solve() runs it ----
@@ -412,7 +412,7 @@ cdef class Call:
                  name="logits"):
         cdef cnp.ndarray x, t
         cdef ce_problem *p = &self.p
-        cdef int nd, typenum, overflow = 0
+        cdef int nd, typenum, weight_type, overflow = 0
         cdef Py_ssize_t item, outer, bad, count = 0
         cdef cnp.npy_intp *st
         cdef double total = 0.0
@@ -442,9 +442,12 @@ cdef class Call:
             x, self.dtype = _args.as_logits(logits, name)
         self.x = x
         typenum = cnp.PyArray_TYPE(x)
-        if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
-            raise TypeError(f"ce: no kernel for the computing dtype {x.dtype}")
-        self.is_double = typenum == cnp.NPY_DOUBLE
+        p.dtype = dtype_code(x)
+        if p.dtype < 0:
+            raise TypeError(f"ce: no kernel for the dtype {x.dtype}")
+        self.is_double = p.dtype == CE_DTYPE_F64
+        # class weights are float32 for half-precision logits (the kernels compute in float32)
+        weight_type = cnp.NPY_FLOAT if p.dtype >= CE_DTYPE_F16 else typenum
         nd = cnp.PyArray_NDIM(x)
         item = cnp.PyArray_ITEMSIZE(x)
         if type(axis) is int and (axis == -1 or axis == nd - 1) and nd <= 2 and row_major_ok(x):
@@ -507,14 +510,14 @@ cdef class Call:
             p.class_weight_sum = <double>p.n_classes
         elif (is_real_array(weight, False) and cnp.PyArray_NDIM(<cnp.ndarray>weight) == 1
                 and cnp.PyArray_DIM(<cnp.ndarray>weight, 0) == p.n_classes):
-            self.class_weight = weight if is_array(weight, typenum) else cnp.PyArray_FROMANY(
-                weight, typenum, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
+            self.class_weight = weight if is_array(weight, weight_type) else cnp.PyArray_FROMANY(
+                weight, weight_type, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
             self.class_weight_64 = as_float64_rows(<cnp.ndarray>weight)
             p.class_weight = cnp.PyArray_DATA(<cnp.ndarray>self.class_weight)
             p.class_weight_sum = weight_sum(<cnp.ndarray>self.class_weight_64, p.smoothing)
         else:
             self.class_weight, self.class_weight_64, p.class_weight_sum = _args.class_weights(
-                weight, p.n_classes, x.dtype)
+                weight, p.n_classes, _args.kernel_real(x.dtype))
             p.class_weight = cnp.PyArray_DATA(<cnp.ndarray>self.class_weight)
 
         # target: class indices (the per-example shape) or dense (the logits' shape)
@@ -586,7 +589,7 @@ cdef class Call:
             else:
                 self.lse_in = _args.saved_lse(lse, self.rest, p.from_logits)
             p.lse_in = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.lse_in)
-        if self.dtype != x.dtype:   # computed in a wider dtype: clip at the result dtype's eps
+        if p.dtype >= CE_DTYPE_F16:   # computed in float32: clip at the half dtype's eps
             p.clip = _args.eps(self.dtype)
 
     cdef bint per_example(self, cnp.ndarray a) noexcept:
@@ -626,7 +629,7 @@ cdef class Call:
     def rest(self):
         """The per-example shape (the logits' shape without the class axes)."""
         if self._rest is None:
-            self._rest = self.x.shape[:-1]
+            self._rest = self.x.shape[:len(self.x.shape) - 1]
         return self._rest
 
     @property
@@ -649,8 +652,8 @@ cdef class Call:
         if self.red == 2:
             return self.per_example_result(row_loss)
         v = total / self.weight_total if self.red == 0 else total   # 0 / 0: NaN, a mean over nothing
-        if self.dtype is not <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
-            return self.dtype.type(v)
+        if self.p.dtype >= CE_DTYPE_F16 or self.dtype is not <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
+            return self.dtype.type(v)   # half precision: rounded once from the float64 value
         if self.is_double:
             return PyArray_Scalar(&v, cnp.PyArray_DESCR(<cnp.ndarray>self.x), None)
         v32 = <float>v
@@ -660,6 +663,7 @@ cdef class Call:
         """float64 per-row values -> an array of the per-example shape in the result dtype."""
         cdef cnp.ndarray rows
         if self._rows is None and cnp.PyArray_NDIM(<cnp.ndarray>self.x) == 2 \
+                and self.p.dtype <= CE_DTYPE_F64 \
                 and self.dtype is <object>cnp.PyArray_DESCR(<cnp.ndarray>self.x):
             if self.is_double:
                 return rows64
@@ -672,7 +676,8 @@ cdef class Call:
         """(array for the caller, view the kernel writes, array to copy into it or None)."""
         cdef cnp.ndarray x = <cnp.ndarray>self.x
         cdef cnp.ndarray g
-        if self._rows is None and self.dtype is <object>cnp.PyArray_DESCR(x):
+        if (self._rows is None and self.p.dtype != CE_DTYPE_BF16   # a user dtype: via NumPy
+                and self.dtype is <object>cnp.PyArray_DESCR(x)):
             if out is None:
                 g = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
                 return g, g, None
@@ -802,10 +807,10 @@ cdef double run_call(Call call, object grad, object softmax, object log_softmax,
         raise MemoryError()
     p.block_loss = partial
     if p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:   # small: keeping the GIL is cheaper
-        failures = ce_solve(&p, call.is_double, 1)
+        failures = ce_solve(&p, 1)
     else:
         with nogil:
-            failures = ce_solve(&p, call.is_double, call.n_threads)
+            failures = ce_solve(&p, call.n_threads)
     for b in range(n_blocks):
         total += partial[b]
     if partial != &stack_partial[0]:
@@ -813,6 +818,26 @@ cdef double run_call(Call call, object grad, object softmax, object log_softmax,
     if failures:
         raise MemoryError(f"ce: out of memory for a scratch row ({failures} blocks failed)")
     return total
+
+
+cdef int dtype_code(cnp.ndarray x):
+    """The ce_dtype of x (bfloat16: ml_dtypes', the only 2-byte user dtype taken), or -1."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT:
+        return CE_DTYPE_F32
+    if typenum == cnp.NPY_DOUBLE:
+        return CE_DTYPE_F64
+    if typenum == cnp.NPY_FLOAT16:
+        return CE_DTYPE_F16
+    if _args.is_bfloat16(x.dtype):
+        return CE_DTYPE_BF16
+    return -1
+
+
+def _set_half_portable(bint on):
+    """Tests: use the portable float16 conversions even where F16C exists."""
+    global ce_half_portable
+    ce_half_portable = on
 
 
 def solve(Call call not None, *, grad=None, softmax=None, log_softmax=None, row_loss=None,

@@ -205,7 +205,8 @@ def _finite_lse(call, row_lse):
     odd = ~np.isfinite(row_lse)
     if odd.any():
         x = call.rows
-        rows = x.transpose(0, 2, 1).reshape(-1, x.shape[1])[odd]
+        with np.errstate(invalid="ignore"):  # signalling NaNs of bfloat16 warn when cast
+            rows = x.transpose(0, 2, 1).reshape(-1, x.shape[1])[odd].astype(np.float64)
         row_lse[odd] = np.where(np.isnan(rows).any(axis=1), np.nan, rows.max(axis=1))
     return row_lse
 

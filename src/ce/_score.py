@@ -1,8 +1,9 @@
 """ce.score: loss, perplexity and top-k accuracy in one pass, as mergeable sums.
 
-A `Score` holds sums only (float64) and counts (int), so the scores of row
-chunks, threads or cluster partitions add up (``a + b``) to the score of the
-whole; the means are derived from the sums on demand.
+A `Score` holds exact sums (`ExactSum`) and counts (int), so the scores of
+row chunks, threads or cluster partitions add up (``a + b``) to the bitwise
+same score as one call over the whole, whatever the split; the float sums
+and the means are derived on demand (each rounded once).
 """
 import math
 import operator
@@ -11,6 +12,7 @@ import numpy as np
 
 from . import _kernels
 from ._args import check_top_k, dense_not_accepted
+from ._exactsum import ExactSum
 
 
 class Score:
@@ -33,41 +35,65 @@ class Score:
         Sample-weighted number of top-k hits, per k.
 
     Derived: `mean_loss`, `perplexity`, `accuracy`, `top_k_accuracy`.
-    ``a + b`` (and ``sum([...])``) merges scores of disjoint examples.
+    ``a + b`` (and ``sum([...])``) merges scores of disjoint examples. The
+    float sums are exact sums of the per-example float64 values rounded once,
+    so a merge of the scores of any split of the examples equals, bit for
+    bit, the score of one call over all of them.
     """
 
-    __slots__ = ("loss_sum", "weight_sum", "count", "rows", "correct", "top_k_correct")
+    __slots__ = ("_loss", "_weight", "count", "rows", "_correct", "_top")
 
     def __init__(self, loss_sum=0.0, weight_sum=0.0, count=0, rows=0, correct=0.0,
                  top_k_correct=None):
-        self.loss_sum = float(loss_sum)
-        self.weight_sum = float(weight_sum)
+        self._loss = _exact(loss_sum)
+        self._weight = _exact(weight_sum)
         self.count = int(count)
         self.rows = int(rows)
-        self.correct = float(correct)
-        self.top_k_correct = {int(k): float(v) for k, v in (top_k_correct or {}).items()}
+        self._correct = _exact(correct)
+        self._top = {int(k): _exact(v) for k, v in (top_k_correct or {}).items()}
 
     @classmethod
     def empty(cls, top_k=(1,)):
         """The score of no examples (the neutral element of ``+``)."""
         return cls(top_k_correct={k: 0.0 for k in check_top_k(top_k)})
 
+    @property
+    def loss_sum(self):
+        """Sum over the counted examples of sample_weight * loss, rounded once to float64."""
+        return float(self._loss)
+
+    @property
+    def weight_sum(self):
+        """Sum of the counted examples' sample weights (their count without weights)."""
+        return float(self._weight)
+
+    @property
+    def correct(self):
+        """Sample-weighted number of top-1 hits."""
+        return float(self._correct)
+
+    @property
+    def top_k_correct(self):
+        """{k: sample-weighted number of top-k hits} (a new dict of floats)."""
+        return {k: float(v) for k, v in self._top.items()}
+
     def __add__(self, other):
         if isinstance(other, int) and other == 0:  # sum() starts from 0
             return self
         if not isinstance(other, Score):
             return NotImplemented
-        if self.top_k_correct.keys() != other.top_k_correct.keys():
+        if self._top.keys() != other._top.keys():
             raise ValueError(f"cannot merge scores with different top_k: "
-                             f"{sorted(self.top_k_correct)} and {sorted(other.top_k_correct)}")
-        return Score(self.loss_sum + other.loss_sum, self.weight_sum + other.weight_sum,
+                             f"{sorted(self._top)} and {sorted(other._top)}")
+        return Score(self._loss + other._loss, self._weight + other._weight,
                      self.count + other.count, self.rows + other.rows,
-                     self.correct + other.correct,
-                     {k: v + other.top_k_correct[k] for k, v in self.top_k_correct.items()})
+                     self._correct + other._correct,
+                     {k: v + other._top[k] for k, v in self._top.items()})
 
     __radd__ = __add__
 
     def __eq__(self, other):
+        """Equal exact sums and counts (so equal bits in every float field)."""
         if not isinstance(other, Score):
             return NotImplemented
         return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
@@ -111,35 +137,41 @@ class Score:
                 f"rows={self.rows}, weight_sum={self.weight_sum:.6g}, loss_sum={self.loss_sum:.17g})")
 
 
+def _exact(value):
+    """An ExactSum as it is, or the exact value of a float / int."""
+    return value if isinstance(value, ExactSum) else ExactSum.of_float(value)
+
+
 def _ratio(total, denom):
     if denom == 0:  # the rule of ce.cross_entropy's "mean" over nothing
         return math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total)
     return total / denom
 
 
-def tally(labels, row_loss, argmax, hits, row_weight, ignore_index, loss_sum=None):
+def tally(labels, row_loss, argmax, hits, row_weight, ignore_index):
     """A Score from per-row results (flat arrays over the same rows).
 
-    row_loss is each row's weighted loss (0 for masked rows); hits maps each k
-    to the rows' top-k hit flags (unused for k = 1, which is argmax == label).
-    A row with a NaN loss counts as a miss. The weight sum is taken like the hit
-    sums, so that an accuracy of all hits is exactly 1.
+    row_loss is each row's weighted float64 loss (0 for masked rows); hits maps
+    each k to the rows' top-k hit flags (unused for k = 1, which is argmax ==
+    label). A row with a NaN loss counts as a miss. Every sum is exact (so it
+    does not depend on how the rows were split); the weight sum is taken like
+    the hit sums, so that an accuracy of all hits is exactly 1.
     """
     keep = labels != ignore_index
     if row_weight is not None:
+        row_weight = np.asarray(row_weight, dtype=np.float64)
         keep &= row_weight != 0
     ok = keep & ~np.isnan(row_loss)
-    weight_sum = np.count_nonzero(keep) if row_weight is None else row_weight[keep].sum()
 
     def weighted(flags):
-        flags = flags & ok
-        return np.count_nonzero(flags) if row_weight is None else row_weight[flags].sum()
+        if row_weight is None:
+            return ExactSum.of_float(np.count_nonzero(flags))
+        return ExactSum.of_array(row_weight, flags)
 
-    correct = weighted(argmax == labels)
-    top = {k: (correct if k == 1 else weighted(h)) for k, h in hits.items()}
-    if loss_sum is None:
-        loss_sum = row_loss.sum()
-    return Score(loss_sum, weight_sum, np.count_nonzero(keep), labels.size, correct, top)
+    correct = weighted((argmax == labels) & ok)
+    top = {k: (correct if k == 1 else weighted(h & ok)) for k, h in hits.items()}
+    loss_sum = ExactSum.of_array(row_loss)
+    return Score(loss_sum, weighted(keep), np.count_nonzero(keep), labels.size, correct, top)
 
 
 def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, from_logits=True,
@@ -171,8 +203,10 @@ def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, fro
     Returns
     -------
     Score
-        Sums that merge exactly with ``+`` (float64 loss and weight sums,
-        integer counts), and ``mean_loss``, ``perplexity`` (exp of the mean
+        Exact sums that merge with ``+`` (the loss, weight and hit sums are
+        exact sums of the per-example float64 values, rounded once when
+        read; counts are ints), so the merged scores of any split of the
+        examples equal one call bit for bit, and ``mean_loss``, ``perplexity`` (exp of the mean
         loss), ``accuracy`` and ``top_k_accuracy``.
 
     Notes
@@ -201,6 +235,6 @@ def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, fro
     n = call.n_rows
     row_loss, argmax = np.empty(n), np.empty(n, dtype=np.int64)
     rank = np.empty(n, dtype=np.int64) if max(ks, default=1) > 1 else None
-    loss_sum = _kernels.solve(call, row_loss=row_loss, row_argmax=argmax, row_rank=rank)
+    _kernels.solve(call, row_loss=row_loss, row_argmax=argmax, row_rank=rank)
     hits = {k: (None if k == 1 else rank < k) for k in ks}
-    return tally(call.labels, row_loss, argmax, hits, call.row_weight, call.ignore_index, loss_sum)
+    return tally(call.labels, row_loss, argmax, hits, call.row_weight, call.ignore_index)

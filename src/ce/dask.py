@@ -241,8 +241,11 @@ def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, fro
     Returns
     -------
     Score
-        The same fields as `ce.score`; equal to ``ce.score`` on the whole
-        array up to float64 rounding of the sums (counts are exact).
+        The same fields as `ce.score`. With chunks along the rows only it
+        equals ``ce.score`` on the whole array bit for bit, for any row
+        chunking (the sums are exact). With class chunks a row's loss comes
+        from a logaddexp merge of the chunks' float64 log-sum-exps and may
+        differ from ``ce.score``'s in the last bits.
 
     Notes
     -----
@@ -273,8 +276,8 @@ def cross_entropy(logits, target, *, axis=-1, reduction="mean", ignore_index=-10
     -------
     dask array
         0-d ("mean", "sum") or of the target's shape ("none"), in the logits'
-        dtype; call ``.compute()``. "mean" and "sum" are the float64 sums of
-        the row chunks, merged as in `score`.
+        dtype; call ``.compute()``. "mean" and "sum" come from `score`'s
+        exact sums, so they do not depend on the row chunking.
     """
     dask, da = _dask()
     _args.check_reduction(reduction)

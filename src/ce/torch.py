@@ -16,19 +16,37 @@ from ._loss import cross_entropy_and_lse, cross_entropy_grad
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
-_HALF = (torch.float16, torch.bfloat16)  # computed in float32 (as ce does float16)
+try:  # bfloat16 tensors pass zero-copy as ml_dtypes.bfloat16 arrays when it is installed
+    import ml_dtypes
+
+    _BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:
+    _BF16 = None
 
 
 def _np(t):
-    """Zero-copy NumPy view of a CPU tensor (bfloat16, which NumPy lacks: a float32 copy)."""
+    """Zero-copy NumPy view of a CPU tensor (bfloat16 as ml_dtypes.bfloat16: the same bits
+    reinterpreted; without ml_dtypes, a float32 copy)."""
     if t is None:
         return None
     t = t.detach()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    if t.dtype == torch.bfloat16:
+        if _BF16 is None:
+            return t.float().numpy()
+        return t.view(torch.int16).numpy().view(_BF16)
+    return t.numpy()
+
+
+def _tensor(a):
+    """Zero-copy tensor of a NumPy array (bfloat16 back through int16)."""
+    a = np.asarray(a)
+    if _BF16 is not None and a.dtype == _BF16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _compute(x):
-    return x.float() if x.dtype in _HALF else x
+    return x.float() if x.dtype == torch.bfloat16 and _BF16 is None else x
 
 
 def _keywords(x, weight, ignore_index, reduction, label_smoothing):
@@ -44,7 +62,7 @@ class _CrossEntropy(torch.autograd.Function):
         loss, lse = cross_entropy_and_lse(_np(x), _np(target), **kw)
         ctx.kw = kw
         ctx.save_for_backward(input, target, torch.from_numpy(lse))
-        return torch.from_numpy(np.asarray(loss)).to(input.dtype)
+        return _tensor(loss).to(input.dtype)
 
     @staticmethod
     @once_differentiable
@@ -52,10 +70,10 @@ class _CrossEntropy(torch.autograd.Function):
         input, target, lse = ctx.saved_tensors
         x = _compute(input)
         grad_input = grad_target = None
-        g = _np(grad_output)
+        g = _np(grad_output.double())  # O(N) at most; ce takes real NumPy dtypes here
         if ctx.needs_input_grad[0]:
             grad = cross_entropy_grad(_np(x), _np(target), grad_output=g, lse=_np(lse), **ctx.kw)
-            grad_input = torch.from_numpy(grad).to(input.dtype)
+            grad_input = _tensor(grad).to(input.dtype)
         if ctx.needs_input_grad[1]:  # probability targets: -(1 - eps) * weight * log p
             grad_target = _target_grad(x, lse, grad_output, ctx.kw).to(target.dtype)
         return grad_input, grad_target, None, None, None, None
@@ -85,7 +103,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     Parameters
     ----------
     input : Tensor, shape (C,), (N, C) or (N, C, d1, ...)
-        Logits, float16/bfloat16 (computed in float32), float32 or float64. The
+        Logits, float16/bfloat16 (read by ce's kernels directly, zero-copy;
+        bfloat16 needs ml_dtypes, else it is copied to float32), float32 or float64. The
         class axis is dim 1 (dim 0 for a 1-D input), as in PyTorch.
     target : Tensor
         Class indices of shape (), (N,) or (N, d1, ...), or class probabilities
