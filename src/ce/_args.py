@@ -57,7 +57,9 @@ def same_dtype(a, b):
 
 
 def class_axes(axis, ndim, name="axis"):
-    """Normalise an int or tuple of ints into a sorted tuple of axes."""
+    """Normalise an int or tuple of ints into a tuple of non-negative axes, in the
+    order given: a class index is the C-order flat index into the class sub-array
+    with its axes in that order (optax's rule)."""
     if type(axis) is int and -ndim <= axis < ndim:
         return (axis % ndim,)
     axes = axis if isinstance(axis, tuple) else (axis,)
@@ -76,11 +78,12 @@ def class_axes(axis, ndim, name="axis"):
         raise ValueError(f"{name} must name at least one axis")
     if len(set(out)) != len(out):
         raise ValueError(f"{name}={axis!r} repeats an axis")
-    return tuple(sorted(out))
+    return tuple(out)
 
 
 def rows_view(a, axes):
-    """(outer, C, inner) view of `a` with the class axes in the middle; a copy
+    """(outer, C, inner) view of `a` with the class axes in the middle (flattened in
+    the order of `axes`); a copy
     only when no such strided view exists. Also returns the per-example shape."""
     nd = a.ndim
     if axes == (nd - 1,):  # the common case, class axis last
@@ -270,17 +273,22 @@ def _real_array(a, name, allow_bool=False):
     return a
 
 
+def bad_label(labels, bad, rest, n_classes, ignore_index, name="target"):
+    """The ValueError for the label at flat position `bad` (ignore_index None: the
+    caller's API has none, so the message does not mention it)."""
+    pos = tuple(int(i) for i in np.unravel_index(bad, rest)) if rest else ()
+    ignored = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
+    return ValueError(f"{name} has label {int(labels[bad])} at position {pos}, outside "
+                      f"[0, {n_classes}){ignored}")
+
+
 def check_labels(p):
     """Validate class indices; return the mean's denominator (total weight)."""
     if p.kind == _kernels.TARGET_INDEX:
         bad, total, _ = _kernels.check_labels(p.labels, p.n_classes, p.ignore_index,
                                               p.class_weight_64, p.row_weight)
         if bad >= 0:
-            pos = np.unravel_index(bad, p.rest) if p.rest else ()
-            pos = tuple(int(i) for i in pos)
-            raise ValueError(
-                f"target has label {int(p.labels[bad])} at position {pos}, outside "
-                f"[0, {p.n_classes}) and not ignore_index={p.ignore_index}")
+            raise bad_label(p.labels, bad, p.rest, p.n_classes, p.ignore_index)
         return total
     if p.row_weight is None:
         return float(p.n_rows)

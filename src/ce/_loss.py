@@ -9,7 +9,8 @@ from ._args import as_array, as_logits, c_array, check_labels, class_axes, outpu
 _DOC_KEYWORDS = """
     axis : int or tuple of ints, default -1
         The class axis. With a tuple, the classes are the sub-array over those
-        axes and a class index is the C-order flat index into it (optax's rule).
+        axes, in the order given, and a class index is the C-order flat index
+        into it (optax's rule).
     reduction : {"mean", "sum", "none"}
         "none" returns each example's weighted loss; "sum" adds them; "mean"
         divides the sum by the total weight of the counted examples (see README).
@@ -190,7 +191,7 @@ class _Plain:
     def __init__(self, x, axis, name):
         xc, self.dtype = as_logits(x, name)
         self.shape = xc.shape
-        self.axes = class_axes(axis, xc.ndim)
+        self.axes = tuple(sorted(class_axes(axis, xc.ndim)))  # no labels: the order is immaterial
         self.x, self.rest = rows_view(xc, self.axes)
         if self.x.shape[1] == 0:
             raise ValueError(f"{name} has no classes: the class axis {axis!r} has size 0")
