@@ -1,9 +1,9 @@
 """examples/cython_package, built with exactly the commands the README's "From Cython" section
 prints, in a fresh venv that sees the installed ce, then called.
 
-The venv gets a .pth file naming this interpreter's site-packages, so ce, NumPy, Cython and
-setuptools come from the environment under test and pip needs no network; the example is
-installed into the venv only.
+The venv (made without pip) gets a .pth file naming this interpreter's site-packages, so pip,
+ce, NumPy, Cython and setuptools come from the environment under test and pip needs no network
+when they satisfy the README's requirements; the example is installed into the venv only.
 """
 import importlib.metadata
 import os
@@ -92,7 +92,8 @@ def test_readme_builds_the_example_against_the_installed_ce(tmp_path):
                     "against an installed ce (pip install . first)")
     pytest.importorskip("Cython", reason="the README's commands expect Cython installed")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # no pip or setuptools of its own: the .pth below brings this environment's (newer) ones
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     bindir = venv / ("Scripts" if sys.platform == "win32" else "bin")
     python = bindir / ("python.exe" if sys.platform == "win32" else "python")
     venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

@@ -69,11 +69,12 @@ run_aarch64() {
     [ "$APT_UPDATED" = 1 ] || { apt-get update -q >/dev/null; APT_UPDATED=1; }
     local sys=$WORK/arm64/sysroot site=$WORK/arm64/site debs=$WORK/arm64/debs
     rm -rf "$WORK/arm64" && mkdir -p "$sys" "$site" "$debs"
-    # Debian's arm64 Python 3.11, its shared libraries, libgomp and the headers, unpacked (not
+    # Debian's arm64 Python 3.11, its shared libraries, libgomp, libstdc++ (for NumPy's wheel) and
+    # the Python headers, unpacked (not
     # installed: the host's own python3 stays as it is)
     local pkgs
     pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
-           --no-replaces --no-enhances python3.11:arm64 libgomp1:arm64 libpython3.11-dev:arm64 \
+           --no-replaces --no-enhances python3.11:arm64 libgomp1:arm64 libstdc++6:arm64 \
            2>/dev/null | grep -E '^[a-z0-9].*:arm64$' | grep -vE '^(dpkg|tar|install-info|perl.*):' \
            | grep -vE -- '-dev:arm64$' | sort -u)
     (cd "$debs" && apt-get download -q $pkgs libpython3.11-dev:arm64 >/dev/null 2>&1)
