@@ -64,7 +64,8 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 def class_axes(ndim, axis):
-    """The class axes as a sorted tuple of non-negative ints (optax's rule for a tuple)."""
+    """The class axes as a tuple of non-negative ints in the order given: a label is the flat
+    index into the class sub-array with its axes in that order (optax's rule for a tuple)."""
     if isinstance(axis, (tuple, list)):
         raw = list(axis)
     else:
@@ -77,7 +78,7 @@ def class_axes(ndim, axis):
         axes.append(a % ndim)
     if len(set(axes)) != len(axes):
         raise ValueError(f"duplicate value in axis {axis!r}")
-    return tuple(sorted(axes))
+    return tuple(axes)
 
 
 def _to_rows(a, axes):

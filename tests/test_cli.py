@@ -144,6 +144,7 @@ def test_errors(data, tmp_path):
     np.save(tmp_path / "short.npy", y[:-1])
     np.save(tmp_path / "float.npy", y.astype(np.float32))
     np.save(tmp_path / "int.npy", y[:, None].repeat(37, axis=1))
+    np.save(tmp_path / "onehot.npy", np.eye(x.shape[1], dtype=np.float32)[np.maximum(y, 0)])
     (tmp_path / "junk.npy").write_bytes(b"not an array")
     (tmp_path / "empty").mkdir()
     xp, yp = d / "x.npy", d / "y.npy"
@@ -155,12 +156,23 @@ def test_errors(data, tmp_path):
         ((tmp_path / "int.npy", yp), "float16/float32/float64"),
         ((tmp_path / "junk.npy", yp), "not a .npy file"),
         ((tmp_path / "empty", yp), "no .npy files"),
-        ((xp, yp, "--axis", "0"), "first axis"),
-        ((xp, yp, "--axis", "3"), "out of range"),
+        ((xp, tmp_path / "onehot.npy"), "For probability targets use ce.cross_entropy"),
     ]
     for args, message in cases:
-        line = one_error_line(run("score", *args))
-        assert message in line, line
+        r = run("score", *args)
+        line = one_error_line(r)
+        assert message in line and r.returncode == 1, (r.returncode, line)
+    usage = [
+        ((xp, yp, "--axis", "0"), "first axis"),
+        ((xp, yp, "--axis", "3"), "out of range"),
+        ((xp, yp, "--axis", "-3"), "out of range"),
+        ((xp, yp, "--top-k", "1,38"), "more than the 37 classes"),
+    ]
+    for args, message in usage:  # bad usage, not bad data: exit 2 and a pointer to --help
+        r = run("score", *args)
+        line = one_error_line(r)
+        assert message in line and "--help" in line and r.returncode == 2, (r.returncode, line)
+    assert run_json("score", xp, yp, "--top-k", "37")["top_k_accuracy"]["37"] == 1.0
     # a bad label found in a later chunk still reports its global position
     line = one_error_line(run("score", xp, tmp_path / "bad.npy", "--memory-budget", "20KB"))
     assert "label 37 at position (2345,)" in line
@@ -182,6 +194,8 @@ def test_dispatch_and_usage():
     r = run("score", "--help")
     assert r.returncode == 0 and "--memory-budget" in r.stdout
     assert one_error_line(run("frobnicate")).startswith("python -m ce: unknown command")
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout == f"ce {ce.__version__}\n"
 
 
 def test_parse_bytes():

@@ -299,7 +299,10 @@ def test_tuple_axis_label_is_flat_index_into_sub_array(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kind", ["index", "dense"])
-def test_tuple_axis_order_and_sign_do_not_matter(dtype, kind):
+def test_tuple_axis_sign_does_not_matter_and_order_orders_the_labels(dtype, kind):
+    """A label indexes the class sub-array flattened in the order the axes are given
+    (optax's rule): under axis=(3, 1) the label of (i1, i3) is i3 * 3 + i1. A dense
+    target is laid out like the logits, so the order does not change its result."""
     rng = np.random.default_rng(12)
     shape = (2, 3, 4, 5)
     x = random_logits(rng, shape, dtype)
@@ -308,10 +311,18 @@ def test_tuple_axis_order_and_sign_do_not_matter(dtype, kind):
     base_loss, base_grad = ce.cross_entropy_with_grad(x, t, axis=(1, 3), reduction="none")
     assert_close(base_loss, ref_cross_entropy(x, t, axis=(1, 3), reduction="none"), dtype)
     assert_close(base_grad, ref_grad(x, t, axis=(1, 3), reduction="none"), dtype)
-    for axis in [(3, 1), (-1, 1), (1, -1), (-3, -1)]:
+    i1, i3 = np.unravel_index(labels, (3, 5))
+    swapped = np.ravel_multi_index((i3, i1), (5, 3)) if kind == "index" else t
+    for axis in [(1, -1), (-3, -1)]:  # the same axes, the same order: the same bits
         loss, grad = ce.cross_entropy_with_grad(x, t, axis=axis, reduction="none")
         np.testing.assert_array_equal(loss, base_loss)
         np.testing.assert_array_equal(grad, base_grad)
+    for axis in [(-1, 1), (3, -3)]:  # reordered classes: sums in another order, so to rounding
+        loss, grad = ce.cross_entropy_with_grad(x, swapped, axis=axis, reduction="none")
+        assert_close(loss, base_loss, dtype, factor=0.1)
+        assert_close(grad, base_grad, dtype, factor=0.1)
+    if kind == "index":  # and the order is not ignored: the unswapped labels give other losses
+        assert not np.allclose(ce.cross_entropy(x, labels, axis=(3, 1), reduction="none"), base_loss)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -82,10 +82,30 @@ def test_bad_input_as_mygrad(x, y, error):
 
 
 def test_out_of_range_label_is_an_error():
-    with pytest.raises(ValueError, match="label"):
-        softmax_crossentropy(np.zeros((2, 3)), [0, 3])
-    with pytest.raises(ValueError, match="label"):
-        softmax_crossentropy(np.zeros((2, 3)), [0, -1])  # MyGrad would wrap around
+    """The message names MyGrad's argument and no ignore_index (MyGrad has none)."""
+    for bad in (3, -1, -(2**63)):  # -1: MyGrad would wrap around
+        with pytest.raises(ValueError, match="label") as info:
+            softmax_crossentropy(np.zeros((2, 3)), [0, bad])
+        message = str(info.value)
+        assert message.startswith("`y_true` has label") and f"{bad} at position (1,)" in message
+        assert "ignore_index" not in message and "target" not in message
+
+
+class _ComplexScores:
+    """What the Operation sees if a complex array ever gets past Tensor's own check."""
+    data = np.ones((2, 3), dtype=np.complex128)
+    dtype, ndim, shape = data.dtype, 2, (2, 3)
+
+
+def test_complex_scores_are_the_cores_type_error():
+    from ce.mygrad import SoftmaxCrossEntropy
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ComplexWarning: refused, not cast
+        with pytest.raises(TypeError, match="`x` must be a float"):
+            SoftmaxCrossEntropy()(_ComplexScores(), np.array([0, 1]))
+    with pytest.raises(TypeError):
+        softmax_crossentropy(np.ones((2, 3), dtype=np.complex64), [0, 1])
 
 
 def test_no_graph():

@@ -197,8 +197,12 @@ def _has_parameter(fn, name):
         return False
 
 
-@pytest.mark.parametrize("shape,axis", [((6, 5), -1), ((4, 5, 3), 1), ((2, 3, 4, 5), (2, 3)),
-                                        ((2, 3, 4, 5), (1, 3))])
+# optax's own test_axes parameterizations (its test_axes0..7), unsorted tuples included
+OPTAX_TUPLE_AXES = [(1, 3), (3, 2), (2, 3), (-3, -1), (-1, -2), (-2, -1), (0, 1, 3), (-4, -3, -1)]
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 5), -1), ((4, 5, 3), 1)]
+                         + [((2, 3, 4, 5), a) for a in OPTAX_TUPLE_AXES] + [((1, 2, 3), (2, 1))])
 def test_optax_integer_labels(shape, axis):
     optax, jax, jnp = _optax()
     fn = optax.softmax_cross_entropy_with_integer_labels
@@ -218,6 +222,19 @@ def test_optax_integer_labels(shape, axis):
         jnp.asarray(x)))
     assert_close(ce.cross_entropy_grad(x, y, axis=axis, reduction="sum"), expected_grad,
                  np.float32)
+
+
+def test_tuple_axes_follow_the_order_given():
+    """axis=(2, 1): the classes are x.transpose(0, 2, 1) flattened, as optax does (2.4561934
+    here, the issue's example); a dense target gives the same loss for either order."""
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    assert_close(ce.cross_entropy(x, np.array([1]), axis=(2, 1), reduction="none"),
+                 np.array([2.4561934]), np.float32)
+    assert_close(ce.cross_entropy(x, np.array([1]), axis=(1, 2), reduction="none"),
+                 np.array([4.4561934]), np.float32)
+    t = np.random.default_rng(5).random((1, 2, 3)).astype(np.float32)
+    assert_close(ce.cross_entropy_with_grad(x, t, axis=(2, 1))[1],
+                 ce.cross_entropy_with_grad(x, t, axis=(1, 2))[1], np.float32)
 
 
 def test_optax_where_is_a_bool_sample_weight():

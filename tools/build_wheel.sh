@@ -13,7 +13,8 @@
 #   4. a fresh venv with only the repaired wheel and its [test] extras (plus Cython
 #      for the cimport test, MyGrad, mypy; PyTorch with CE_TEST_TORCH=1), and the
 #      tests copied elsewhere, so that only the installed wheel is importable;
-#   5. pytest, then tools/check_stubs.sh, against the installed wheel.
+#   5. pytest, then tools/check_stubs.sh, against the installed wheel;
+#   6. the tested wheel is copied to wheelhouse/ in the source tree.
 # Set KEEP=1 to keep the work directory.
 set -eu
 
@@ -85,8 +86,9 @@ tail -15 "$WORK/pytest.log"
 sh "$SRC/tools/check_stubs.sh" "$T"
 
 say "summary"
+mkdir -p "$SRC/wheelhouse" && cp "$WHEEL" "$SRC/wheelhouse/"  # the tested wheel, to install elsewhere
 echo "sdist:   $(basename "$SDIST") ($(du -k "$SDIST" | cut -f1) kB)"
-echo "wheel:   $(basename "$WHEEL") ($(du -k "$WHEEL" | cut -f1) kB)"
+echo "wheel:   wheelhouse/$(basename "$WHEEL") ($(du -k "$WHEEL" | cut -f1) kB)"
 echo "vendored: $("$T" -c "import zipfile, sys; print(' '.join(n for n in zipfile.ZipFile(sys.argv[1]).namelist() if '.libs/' in n and not n.endswith('/')) or 'none')" "$WHEEL")"
 echo "python:  $("$T" -c 'import sys; print(sys.version.split()[0])')"
 echo "tests:   $(tail -1 "$WORK/pytest.log")"

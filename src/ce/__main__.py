@@ -2,12 +2,13 @@
 import sys
 
 USAGE = """usage: python -m ce <command> [options]
+       python -m ce --version
 
 commands:
   score   loss, perplexity and top-k accuracy of logits against labels (.npy, .npz,
           directories of shards), streamed in bounded memory; with no files, a
           built-in example                        python -m ce score --help
-  bench   time ce against NumPy, PyTorch and JAX on this machine (--quick: about 30 s)
+  bench   time ce against NumPy, PyTorch and JAX on this machine (--quick: about 2 minutes)
                                                   python -m ce bench --help
 """
 
@@ -20,6 +21,10 @@ def main(argv=None):
     command, rest = argv[0], argv[1:]
     if command in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
+        return 0
+    if command in ("-V", "--version"):
+        from . import __version__
+        sys.stdout.write(f"ce {__version__}\n")
         return 0
     if command == "score":
         from ._cli import main as run

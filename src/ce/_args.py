@@ -85,7 +85,9 @@ def same_dtype(a, b):
 
 
 def class_axes(axis, ndim, name="axis"):
-    """Normalise an int or tuple of ints into a sorted tuple of axes."""
+    """Normalise an int or tuple of ints into a tuple of non-negative axes, in the
+    order given: a class index is the C-order flat index into the class sub-array
+    with its axes in that order (optax's rule)."""
     if type(axis) is int and -ndim <= axis < ndim:
         return (axis % ndim,)
     axes = axis if isinstance(axis, tuple) else (axis,)
@@ -104,11 +106,12 @@ def class_axes(axis, ndim, name="axis"):
         raise ValueError(f"{name} must name at least one axis")
     if len(set(out)) != len(out):
         raise ValueError(f"{name}={axis!r} repeats an axis")
-    return tuple(sorted(out))
+    return tuple(out)
 
 
 def rows_view(a, axes):
-    """(outer, C, inner) view of `a` with the class axes in the middle; a copy
+    """(outer, C, inner) view of `a` with the class axes in the middle (flattened in
+    the order of `axes`); a copy
     only when no such strided view exists. Also returns the per-example shape."""
     nd = a.ndim
     if axes == (nd - 1,):  # the common case, class axis last

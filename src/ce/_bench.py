@@ -372,7 +372,7 @@ def overhead_markdown(rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m ce bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="about 30 seconds: fewer shapes, float32 only")
+    ap.add_argument("--quick", action="store_true", help="about 2 minutes: fewer shapes, float32 only")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--plot", metavar="FILE.png", help="chart of time per element (needs matplotlib)")
     ap.add_argument("--markdown", metavar="FILE", help="write the README table")

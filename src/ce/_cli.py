@@ -276,10 +276,16 @@ def check_shapes(x, t, axis):
     try:
         (ax,) = _args.class_axes(axis, len(x.shape))
     except (TypeError, ValueError):
-        raise DataError(f"--axis {axis} is out of range for logits of shape {x.shape}") from None
+        raise UsageError(f"--axis {axis} is out of range for logits of shape {x.shape} "
+                         f"(give 1..{len(x.shape) - 1}, or -1 for the last axis)") from None
     if ax == 0:
-        raise DataError("--axis must not be the first axis: the first axis holds the examples")
+        raise UsageError("--axis must not be the first axis: the first axis holds the examples")
     expected = x.shape[:ax] + x.shape[ax + 1:]
+    if t.shape == x.shape:
+        raise DataError(f"target has the logits' shape {x.shape}, so it looks like one-hot or "
+                        f"probability targets; this command scores integer class indices of shape "
+                        f"{expected}. For probability targets use ce.cross_entropy(logits, target) "
+                        f"from Python (or convert one-hot rows with argmax)")
     if t.shape != expected:
         raise DataError(f"target shape {t.shape} does not match logits shape {x.shape}: "
                         f"expected {expected} (the logits' shape without axis {ax})")
@@ -412,6 +418,9 @@ def main(argv=None):
             open_source(f"target {args.target}", args.target))
         ax = check_shapes(x, t, args.axis)
         top_k = args.top_k or ((1, 5) if x.shape[ax] > 5 else (1,))
+        if max(top_k) > x.shape[ax]:
+            raise UsageError(f"--top-k {max(top_k)} is more than the {x.shape[ax]} classes "
+                             f"(a top-k accuracy needs k <= C)")
         progress = Progress(x.shape[0], sys.stderr) if sys.stderr.isatty() else None
         t0 = time.perf_counter()
         try:

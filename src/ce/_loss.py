@@ -25,7 +25,8 @@ _KEYWORDS = """
         shape (any real dtype; not renormalised).
     axis : int or tuple of ints, default -1
         The class axis. With a tuple, the classes are the sub-array over those
-        axes and a class index is the flat index into it (optax's rule).
+        axes, in the order given, and a class index is the C-order flat index
+        into it (optax's rule).
     reduction : {"mean", "sum", "none"}, default "mean"
         "none": each example's weighted loss; "sum": their sum; "mean": the sum
         divided by the total weight of the counted examples (PyTorch's rule).

@@ -8,6 +8,8 @@ from mygrad import Tensor
 from mygrad.operation_base import Operation
 from mygrad.typing import ArrayLike
 
+from . import _kernels
+from ._args import as_logits, bad_label, c_array
 from ._loss import cross_entropy_and_lse, cross_entropy_grad
 
 __all__ = ["softmax_crossentropy"]
@@ -33,7 +35,13 @@ class SoftmaxCrossEntropy(Operation):
             raise ValueError(f"`y_true` must be a shape-(N,) array: expected shape-{(x.shape[0],)}, "
                              f"got shape-{y_true.shape}")
         self.variables = (x,)
-        scores = x.data if x.dtype.kind == "f" else x.data.astype(np.float64)
+        scores = x.data.astype(np.float64) if x.dtype.kind in "iub" else x.data
+        as_logits(scores, "`x`")  # the core's TypeError (complex, object, ...), in MyGrad's name
+        labels = c_array(y_true, dtype=np.int64)
+        # ignore_index=0 is a valid class, so exactly the labels outside [0, C) are flagged
+        bad = _kernels.check_labels(labels, scores.shape[1], 0, None, None)[0]
+        if bad >= 0:
+            raise bad_label(labels, bad, labels.shape, scores.shape[1], None, name="`y_true`")
         loss, lse = cross_entropy_and_lse(scores, y_true, ignore_index=_NO_IGNORE)
         self._saved = (scores, y_true, lse)
         return loss
@@ -66,6 +74,6 @@ def softmax_crossentropy(x: ArrayLike, y_true: ArrayLike, *, constant: bool | No
     ValueError
         Bad dimensionalities for ``x`` or ``y_true``, or a label outside [0, C).
     TypeError
-        ``y_true`` is not an integer array.
+        ``y_true`` is not an integer array, or ``x`` is not real (complex scores, say).
     """
     return Tensor._op(SoftmaxCrossEntropy, x, op_args=(y_true,), constant=constant)
