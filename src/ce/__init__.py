@@ -13,6 +13,7 @@ from ._loss import (
 )
 from ._config import show_config
 from ._score import score
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad, linear_score
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,7 @@ __all__ = [
     "softmax",
     "show_config",
     "score",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
+    "linear_score",
 ]
