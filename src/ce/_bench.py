@@ -277,6 +277,9 @@ def plot(results, path):
 
 
 def main(argv=None):
+    if "--linear" in (sys.argv[1:] if argv is None else argv):  # linear cross-entropy: its own bench
+        from ._bench_linear import main as linear_main
+        return linear_main(argv)
     ap = argparse.ArgumentParser(prog="python -m ce bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 30 seconds: fewer shapes, float32 only")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -284,6 +287,8 @@ def main(argv=None):
     ap.add_argument("--markdown", metavar="FILE", help="write the README table")
     ap.add_argument("--peers", default="ce,numpy,torch,jax", help="comma-separated implementations")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
+    ap.add_argument("--linear", action="store_true",
+                    help="ce.linear_cross_entropy against F.linear_cross_entropy instead (see --linear --help)")
     args = ap.parse_args(argv)
     peers = set(args.peers.split(",")) | {"ce"}
     shapes = QUICK_SHAPES if args.quick else SHAPES

@@ -17,7 +17,7 @@ from ._loss import _grad_scale, _reduce
 from ._score import check_top_k, tally
 
 # Default chunk: its logits take about this many bytes ...
-LOGITS_BUDGET = 64 << 20
+LOGITS_BUDGET = 32 << 20
 # ... but at least this many rows (BLAS is slow on thinner products), unless
 # that chunk would be larger than the weight matrix itself.
 MIN_CHUNK_ROWS = 128
