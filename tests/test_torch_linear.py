@@ -207,3 +207,15 @@ def test_errors():
         ct.linear_cross_entropy(x, w, torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="linear_bias"):
         ct.linear_cross_entropy(x, w, y, linear_bias=torch.randn(3))
+
+
+def test_bench_linear_runs():
+    """The --linear bench end to end on a tiny shape (no timing asserted)."""
+    from ce import _bench_linear
+    rows = _bench_linear.run([(64, 8, 100)], reps=1, log=lambda s: None)
+    assert [r["which"] for r in rows] == ["forward", "forward+backward"]
+    for r in rows:
+        assert set(r["time"]) == {"ce", "torch reference", "torch chunked", "ce BLAS only"}
+        assert r["ce_traced"] > 0
+    table = _bench_linear.markdown(rows, {"cpu": "x", "threads": 2, "reps": 1})
+    assert table.count("\n| 64 x 8 x 100 |") == 2
