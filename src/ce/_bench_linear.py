@@ -218,7 +218,8 @@ def markdown(rows, info):
     lines = [
         f"Machine: {info['cpu']}, {info['threads']} threads; float32; median of "
         f"{info['reps']} interleaved calls; memory: peak RSS above the inputs (gradients "
-        "included), ce also by tracemalloc.",
+        "included; float32 gradients of hidden and weight: N*D*4 + V*D*4 bytes), ce also by "
+        "tracemalloc.",
         "",
         "| N x D x V | pass | ce | torch chunked | torch reference | ce / chunked time | "
         "ce / chunked memory | ce BLAS share | products alone / ce |",
@@ -230,8 +231,12 @@ def markdown(rows, info):
         def cell(k):
             return f"{t[k]:.3f} s, {_mb(m.get(k))}" if k in t else "-"
         ratio_t = f"{t['ce'] / t['torch chunked']:.2f}x" if "torch chunked" in t else "-"
-        ratio_m = (f"{m['ce'] / m['torch chunked']:.2f}x"
-                   if m.get("torch chunked") and m.get("ce") is not None else "-")
+        ratio_m = "-"
+        if m.get("torch chunked") and m.get("ce") is not None:
+            ratio_m = f"{m['ce'] / m['torch chunked']:.2f}x"
+            extra_ce, extra_torch = m["ce"] - r["grad_bytes"], m["torch chunked"] - r["grad_bytes"]
+            if r["grad_bytes"] and extra_torch > 0:  # above the gradients both return
+                ratio_m += f" ({max(extra_ce, 0) / extra_torch:.2f}x above the gradients)"
         lines.append(f"| {r['n']} x {r['d']} x {r['v']} | {r['which']} | {cell('ce')} "
                      f"(traced {_mb(r['ce_traced'])}) | {cell('torch chunked')} | "
                      f"{cell('torch reference')} | {ratio_t} | {ratio_m} | "
