@@ -281,8 +281,6 @@ def test_bad_input_raises_before_work(big, case, fn, monkeypatch):
             pytest.skip("not an option of linear_score")
     calls = []
     monkeypatch.setattr(ce._linear._kernels, "run", lambda *a, **k: calls.append(1))
-    peak = [0]
-
     def call():
         with pytest.raises(exc, match=match):
             getattr(ce, fn)(*args, **kw)

@@ -40,17 +40,19 @@ class _Linear:
     dtype, the cross-entropy problem over the (never allocated) logits, and
     the chunk size."""
 
-    __slots__ = ("h", "w", "b", "p", "dtype", "n_rows", "n_classes", "chunk_rows", "denom")
+    __slots__ = ("h", "w", "b", "p", "dtype", "shape", "n_rows", "n_classes", "chunk_rows",
+                 "denom")
 
     def __init__(self, hidden, linear_weight, target, linear_bias, weight, sample_weight,
                  reduction, ignore_index, label_smoothing, z_loss, softcap, chunk_rows,
                  n_threads):
         chunk_rows = check_count(chunk_rows, "chunk_rows")
-        h, self.dtype = as_logits(hidden, "hidden")
-        w, w_dtype = as_logits(linear_weight, "linear_weight")
-        h_in, w_in = as_array(hidden, "hidden").dtype, as_array(linear_weight, "linear_weight").dtype
-        if not same_dtype(h_in, w_in):
-            raise TypeError(f"hidden and linear_weight must have the same dtype, got {h_in} and {w_in}")
+        h_in, w_in = as_array(hidden, "hidden"), as_array(linear_weight, "linear_weight")
+        h, self.dtype = as_logits(h_in, "hidden")
+        w, _ = as_logits(w_in, "linear_weight")
+        if not same_dtype(h_in.dtype, w_in.dtype):
+            raise TypeError(f"hidden and linear_weight must have the same dtype, "
+                            f"got {h_in.dtype} and {w_in.dtype}")
         if w.ndim != 2:
             raise ValueError(f"linear_weight must have shape (V, D), got {w.shape}")
         n_classes, n_features = w.shape
@@ -59,7 +61,7 @@ class _Linear:
                              f"has {n_features} (shape {w.shape} is (V, D))")
         if n_classes == 0:
             raise ValueError("linear_weight has no classes (V = 0)")
-        rest = h.shape[:-1]
+        self.shape, rest = h.shape, h.shape[:-1]
         self.n_rows, self.n_classes = math.prod(rest), n_classes
         # the cross-entropy problem over a stand-in for the logits: a zero-stride
         # view of one element, so its validation allocates nothing of size N x V
@@ -131,14 +133,6 @@ _DOC_CHUNKS = f"""
 """
 
 
-def _new_problem(hidden, linear_weight, target, kw):
-    return _Linear(hidden, linear_weight, target, kw.pop("linear_bias", None),
-                   kw.pop("weight", None), kw.pop("sample_weight", None),
-                   kw.pop("reduction", "mean"), kw.pop("ignore_index", -100),
-                   kw.pop("label_smoothing", 0.0), kw.pop("z_loss", 0.0),
-                   kw.pop("softcap", None), kw.pop("chunk_rows", None), kw.pop("n_threads", None))
-
-
 def linear_cross_entropy(hidden, linear_weight, target, *, linear_bias=None, weight=None,
                          sample_weight=None, reduction="mean", ignore_index=-100,
                          label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_rows=None,
@@ -179,8 +173,7 @@ def linear_cross_entropy_with_grad(hidden, linear_weight, target, *, linear_bias
             grad_b += g.sum(axis=0, dtype=np.float64)
     p.dtype = lin.dtype
     loss = _reduce(p, total, lin.denom, row_loss)
-    h_shape = as_array(hidden, "hidden").shape
-    grad_h = lin.result_dtype(grad_h.reshape(h_shape))
+    grad_h = lin.result_dtype(grad_h.reshape(lin.shape))
     grad_w = lin.result_dtype(grad_w)
     if grad_b is not None:
         grad_b = grad_b.astype(lin.dtype)

@@ -9,7 +9,6 @@ upstream gradient. The full logits are never materialised, whatever
 ``options`` says. K-dimensional weights, tensors off the CPU, and gradients
 with respect to a probability target are the exceptions listed in the README.
 """
-import math
 
 import numpy as np
 import torch
