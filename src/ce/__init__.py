@@ -14,6 +14,7 @@ from ._loss import (
 from ._config import show_config
 from ._score import Score, score
 from ._sequence import SequenceScore, sequence_score
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad, linear_score
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,7 @@ __all__ = [
     "Score",
     "sequence_score",
     "SequenceScore",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
+    "linear_score",
 ]

@@ -171,6 +171,17 @@ def check_threads(n_threads):
     return int(min(n_threads, 1 << 16))
 
 
+def check_count(value, name, allow_none=True):
+    """None (when allowed) or an int >= 1; a bool or a float is a TypeError."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be {'None or ' if allow_none else ''}a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}a positive int, got {value!r}")
+    return int(value)
+
+
 def check_reduction(reduction):
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

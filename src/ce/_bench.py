@@ -371,6 +371,9 @@ def overhead_markdown(rows):
 
 
 def main(argv=None):
+    if "--linear" in (sys.argv[1:] if argv is None else argv):  # linear cross-entropy: its own bench
+        from ._bench_linear import main as linear_main
+        return linear_main(argv)
     ap = argparse.ArgumentParser(prog="python -m ce bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 2 minutes: fewer shapes, float32 only")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -381,6 +384,8 @@ def main(argv=None):
     ap.add_argument("--overhead", action="store_true",
                     help="only the per-call overhead table (float32, every option; single thread "
                          "recommended: OMP_NUM_THREADS=1)")
+    ap.add_argument("--linear", action="store_true",
+                    help="ce.linear_cross_entropy against F.linear_cross_entropy instead (see --linear --help)")
     args = ap.parse_args(argv)
     if args.overhead:
         print(f"ce per-call overhead on {cpu_name()}, {_kernels.simd_level()}: best of 50 runs of "

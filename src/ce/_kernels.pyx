@@ -621,6 +621,18 @@ cdef class Call:
         return self.p.target_kind == CE_TARGET_INDEX
 
     @property
+    def grad_scale(self):
+        """The factor of every row's gradient: grad_output, divided by the total
+        weight for "mean" (times each row's upstream_grad for "none")."""
+        return self.p.grad_scale
+
+    def result(self, double total, row_loss=None):
+        """The reduction's value from the rows' loss sum (or, for "none", from the
+        float64 row losses), in the result dtype: for callers that run the
+        kernel over parts of the rows (ce.linear_cross_entropy's chunks)."""
+        return self.value(total, row_loss)
+
+    @property
     def shape(self):
         """The logits' shape."""
         return self.x.shape

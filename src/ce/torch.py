@@ -149,3 +149,9 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+# linear cross-entropy (issue 11): lives in its own module
+from ._torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
+
+__all__ += ["LinearCrossEntropyLoss", "linear_cross_entropy"]
