@@ -42,6 +42,10 @@ CORE_TESTS="test_core.py test_reference_examples.py test_semantics.py test_bad_i
 test_bad_input_matrix.py test_concurrency.py test_threadpool.py test_score.py test_cli.py
 test_cimport.py test_mygrad_adapter.py"
 
+# the newest release that has a wheel for the version, rather than a newer sdist built here
+# (NumPy 2.5 has no wheel for free-threaded 3.13: 3.13t gets NumPy 2.4)
+export PIP_PREFER_BINARY=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ce-pythons.XXXXXX")
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 say() { printf '\n== %s\n' "$*"; }
@@ -134,7 +138,7 @@ for v in "${VERSIONS[@]}"; do
     if ! run "$PY" -m venv "$D/venv"; then fail venv; continue; fi
     T="$D/venv/bin/python"
     if ! { run "$T" -m pip install --quiet --upgrade pip &&
-           run "$T" -m pip install --quiet numpy "cython>=3.0" "setuptools>=77" wheel; }; then
+           run "$T" -m pip install --quiet --only-binary numpy numpy "cython>=3.0" "setuptools>=77" wheel; }; then
         fail "install-numpy-cython"; continue
     fi
     echo "numpy $("$T" -c 'import numpy; print(numpy.__version__)'), cython $("$T" -c 'import Cython; print(Cython.__version__)')"
@@ -167,10 +171,20 @@ print(t + "-" + t + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else "")
     cp "$SRC/pyproject.toml" "$D/run/"   # pytest's settings (markers, addopts) only
     xdist=""
     "$T" -c 'import xdist' 2>/dev/null && xdist="-n 2"
-    # only the installed wheel is importable from $D/run
-    (cd "$D/run" && env -u PYTHONPATH "$T" -c 'import ce, sys; assert ce.__file__.startswith(sys.prefix), ce.__file__; ce.show_config()') \
-        || { fail import; continue; }
-    (cd "$D/run" && env -u PYTHONPATH "$T" -m pytest -q -rs -x $xdist -p no:cacheprovider $files) \
+    # only the installed wheel is importable from $D/run; a free-threaded CPython keeps the GIL
+    # off when it imports ce (the extension declares it, setup.py)
+    (cd "$D/run" && env -u PYTHONPATH -u PYTHON_GIL "$T" -c 'import ce, sys, sysconfig
+assert ce.__file__.startswith(sys.prefix), ce.__file__
+if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    assert not sys._is_gil_enabled(), "importing ce turned the GIL back on"
+    print("free-threaded: the GIL stays off after import ce")
+ce.show_config()') >>"$LOG" 2>&1 || { fail import; continue; }
+    grep -E "^(free-threaded|openmp|simd)" "$LOG"
+    # free-threaded: PYTHON_GIL=0 keeps the GIL off for the whole run, whatever else the tests
+    # import (NumPy, scikit-learn, ...), so the thread tests really run ce without it
+    gil=""
+    case "$v" in *t) gil="PYTHON_GIL=0" ;; esac
+    (cd "$D/run" && env -u PYTHONPATH $gil "$T" -m pytest -q -rs -x $xdist -p no:cacheprovider $files) \
         >"$D/pytest.log" 2>&1
     rc=$?
     grep -E "^SKIPPED" "$D/pytest.log" | cut -c1-160 | head -20
