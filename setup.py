@@ -14,6 +14,7 @@ import sysconfig
 import tempfile
 import warnings
 
+import Cython
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -76,6 +77,11 @@ def build_flags():
     return compile_args + extra, link_args + os.environ.get("CE_EXTRA_LDFLAGS", "").split()
 
 
+# ce keeps no state that needs the GIL (README, "Free-threaded CPython"): a free-threaded CPython
+# need not turn the GIL back on when it imports the extension. The directive is Cython >= 3.1's.
+CYTHON_3_1 = tuple(int(part) for part in Cython.__version__.split(".")[:2]) >= (3, 1)
+FREE_THREADING = {"freethreading_compatible": True} if CYTHON_3_1 else {}
+
 compile_args, link_args = build_flags()
 extensions = [
     Extension(
@@ -107,6 +113,7 @@ setup(
             "wraparound": False,
             "cdivision": True,
             "initializedcheck": False,
+            **FREE_THREADING,
         },
     )
 )
