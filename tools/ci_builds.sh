@@ -35,7 +35,7 @@ build() {
     env "$@" python setup.py -q build_ext --build-lib "$WORK/$name/lib" \
         --build-temp "$WORK/$name/tmp" --force >"$WORK/$name/build.log" 2>&1 \
         || { cat "$WORK/$name/build.log"; return 1; }
-    cp "$WORK/$name/lib/ce/"_kernels*.so "$WORK/$name/pkg/ce/"
+    cp "$WORK/$name/lib/ce/"*.so "$WORK/$name/pkg/ce/"   # _kernels and _exact
 }
 
 core_tests() {  # run the core subset with the interpreter given as arguments
