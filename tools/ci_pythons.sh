@@ -96,7 +96,7 @@ say "source copy in $WORK/src"
 python3 - "$SRC" "$WORK/src" <<'EOF'
 import shutil, sys
 skip = shutil.ignore_patterns(".git", "build", "dist", "wheelhouse", "*.egg-info", "*.so", "*.pyd",
-                              "_kernels.c", "__pycache__", ".pytest_cache", ".hypothesis",
+                              "_kernels.c", "_exact.c", "__pycache__", ".pytest_cache", ".hypothesis",
                               ".mypy_cache", ".venv*")
 shutil.copytree(sys.argv[1], sys.argv[2], ignore=skip)
 EOF

@@ -40,7 +40,7 @@ done
 cp -r "$SRC/src" "$SRC/tests" "$WORK/ce/"
 # build products of the source tree must not leak into the sanitized build
 find "$WORK/ce" \( -name '*.so' -o -name '__pycache__' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
-rm -f "$WORK/ce/src/ce/_kernels.c"
+rm -f "$WORK/ce/src/ce/_kernels.c" "$WORK/ce/src/ce/_exact.c"
 
 say "venv (no torch)"
 "$PY" -m venv "$WORK/venv"
@@ -68,15 +68,23 @@ if "$VPY" -c 'import torch' 2>/dev/null; then
 fi
 
 say "canary: a deliberate out-of-bounds read must be reported"
-# The internal kernel entry point trusts its caller: labels shorter than the rows make it read
-# past their end. If ASan does not catch this, the build is not instrumented and a clean test
-# run below would prove nothing.
+# The C-level API (the cimport-able functions of ce._kernels.__pyx_capi__) trusts its caller:
+# labels shorter than the rows make ce_forward_f64 read past their end. If ASan does not catch
+# this, the build is not instrumented and a clean test run below would prove nothing.
 CANARY=$(cd "$WORK" && LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0 "$VPY" -c '
+import ctypes
 import numpy as np
-from ce import _kernels as k
-x = np.zeros((10, 5, 1)); labels = np.zeros(3, np.int64)
-k.run(k.MODE_FORWARD, x, k.TARGET_INDEX, None, None, labels, -100, None, 5.0, None, None,
-      1.0, 0.0, 0.0, 0.0, True, None, None, None, None, None, 1)
+from ce import _kernels
+capsule = _kernels.__pyx_capi__["ce_forward_f64"]
+api = ctypes.pythonapi
+api.PyCapsule_GetName.restype, api.PyCapsule_GetName.argtypes = ctypes.c_char_p, [ctypes.py_object]
+api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+address = api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
+P, N, I64 = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int64
+forward = ctypes.CFUNCTYPE(ctypes.c_double, P, N, N, N, P, I64, P, P, ctypes.c_int)(address)
+x = np.zeros((10, 5)); labels = np.zeros(3, np.int64)
+forward(x.ctypes.data, 10, 5, 5, labels.ctypes.data, -100, None, None, 1)
 ' 2>&1 || true)
 if ! grep -q "ERROR: AddressSanitizer: heap-buffer-overflow" <<<"$CANARY"; then
     echo "$CANARY" | tail -20
