@@ -100,6 +100,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=[a for a in compile_args if "openmp" not in a] + (
             [] if sys.platform == "win32" else ["-fopenmp-simd"]),
+        extra_link_args=[a for a in link_args if "openmp" not in a and a != "-lomp"],
         depends=["src/ce/_ce_exact.h"],
     ),
 ]

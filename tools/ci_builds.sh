@@ -89,10 +89,12 @@ run_aarch64() {
     # the host's setup.py drives the cross compiler; the -I above come before the host's own
     build aarch64 CC=aarch64-linux-gnu-gcc LDSHARED="aarch64-linux-gnu-gcc -shared" \
         CFLAGS="$inc" LDFLAGS="" CE_REQUIRE_OPENMP=1
-    local so
-    so=$(ls "$WORK/aarch64/pkg/ce/"_kernels*.so)
-    mv "$so" "$WORK/aarch64/pkg/ce/_kernels.cpython-311-aarch64-linux-gnu.so"
-    readelf -h "$WORK/aarch64/pkg/ce/_kernels.cpython-311-aarch64-linux-gnu.so" | grep -q AArch64
+    local so module
+    for module in _kernels _exact; do  # the host's suffix on aarch64 objects: renamed
+        so=$(ls "$WORK/aarch64/pkg/ce/"$module.*.so)
+        mv "$so" "$WORK/aarch64/pkg/ce/$module.cpython-311-aarch64-linux-gnu.so"
+        readelf -h "$WORK/aarch64/pkg/ce/$module.cpython-311-aarch64-linux-gnu.so" | grep -q AArch64
+    done
     PYTHONPATH="$WORK/aarch64/pkg:$site" "${py[@]}" -c \
         "import platform, numpy, ce; print(platform.machine(), 'numpy', numpy.__version__); ce.show_config()"
     PYTHONPATH="$WORK/aarch64/pkg:$site" core_tests "${py[@]}"
