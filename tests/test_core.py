@@ -1,7 +1,7 @@
 """ce against the float64 reference in tests/reference.py: every option combination, dtypes,
 axes, gradients (also against finite differences), grad_output, out=, lse reuse, the fused call,
-softmax / log_softmax / logsumexp, non-finite rows, memory layouts, exactness and thread-count
-determinism."""
+softmax / log_softmax / logsumexp, non-finite rows, memory layouts, and exactness (thread-count
+determinism: tests/test_threads.py)."""
 import itertools
 import math
 
@@ -1075,47 +1075,8 @@ def test_confident_rows_exact_in_every_kernel(dtype, c, n, axis):
 
 
 # --------------------------------------------------------------------------------------------
-# Threads
+# n_threads (thread-count determinism: tests/test_threads.py)
 # --------------------------------------------------------------------------------------------
-
-def _bits(a):
-    a = np.asarray(a)
-    return a.dtype.str, a.shape, a.tobytes()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3000, 700), (200000, 10)])
-def test_results_do_not_depend_on_thread_count(shape, dtype):
-    rng = np.random.default_rng(seed_of("threads", shape))
-    n, c = shape
-    x = random_logits(rng, shape, dtype)
-    y = rng.integers(0, c, n)
-    y[::7] = -100
-    w = rng.uniform(0.5, 2, c)
-    e = rng.random(shape).astype(dtype)
-    dense = e / e.sum(axis=1, keepdims=True)
-    calls = {
-        "dense mean": lambda k: ce.cross_entropy(x, dense, n_threads=k),
-        "dense grad": lambda k: ce.cross_entropy_grad(x, dense, label_smoothing=0.1,
-                                                      n_threads=k),
-        "mean": lambda k: ce.cross_entropy(x, y, n_threads=k),
-        "weighted sum": lambda k: ce.cross_entropy(x, y, weight=w, label_smoothing=0.1,
-                                                   reduction="sum", n_threads=k),
-        "grad": lambda k: ce.cross_entropy_grad(x, y, n_threads=k),
-        "fused": lambda k: ce.cross_entropy_with_grad(x, y, weight=w, n_threads=k),
-    }
-    for name, call in calls.items():
-        results = {k: call(k) for k in (1, 2, 3)}
-        for k in (2, 3):
-            a, b = results[1], results[k]
-            if isinstance(a, tuple):
-                for part_a, part_b in zip(a, b):
-                    assert _bits(part_a) == _bits(part_b), f"{name}: n_threads=1 vs {k}"
-            else:
-                assert _bits(a) == _bits(b), f"{name}: n_threads=1 vs {k}"
-    # and the parallel results are right
-    assert_close(calls["mean"](2), ref_cross_entropy(x, y), dtype)
-
 
 @pytest.mark.parametrize("n_threads", [None, 1, 2, np.int64(2)])
 def test_valid_n_threads(n_threads):
