@@ -1,11 +1,12 @@
 """Correct use of ce's public API: mypy must accept this file (tests/test_typing.py).
 
-Checked, never run: the reveal-free asserts below only tell mypy what types to expect.
+Checked, never run: the annotated assignments tell mypy what types to expect.
 """
 import numpy as np
 from numpy.typing import NDArray
 
 import ce
+import ce.dask
 
 logits = np.zeros((4, 3), dtype=np.float32)
 target = np.array([0, 2, 1, 0])
@@ -30,3 +31,5 @@ linear_loss = ce.linear_cross_entropy(hidden, w, target, reduction="sum", chunk_
 l, g_hidden, g_w, g_b = ce.linear_cross_entropy_with_grad(hidden, w, target, linear_bias=np.zeros(3))
 linear_s: ce.Score = ce.linear_score(hidden, w, target, top_k=(1,))
 ce.show_config()
+dask_loss = ce.dask.cross_entropy(logits, target, reduction="sum", n_threads=1)
+dask_score = ce.dask.score(logits, target, top_k=(1, 5), compute=False)
