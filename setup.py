@@ -55,6 +55,7 @@ def openmp_flags():
 
 
 def build_flags():
+    """(compile, link) flags of the shipping build; tools/check_vectorized.py compiles with them."""
     if sys.platform == "win32":
         compile_args, link_args = ["/O2"], []
     else:
@@ -77,44 +78,45 @@ def build_flags():
     return compile_args + extra, link_args + os.environ.get("CE_EXTRA_LDFLAGS", "").split()
 
 
+# The Cython directives of every extension: this dict is their one source (the .pyx files have no
+# `# cython:` header; tools/check_vectorized.py passes these to cython too).
 # ce keeps no state that needs the GIL (README, "Free-threaded CPython"): a free-threaded CPython
 # need not turn the GIL back on when it imports the extension. The directive is Cython >= 3.1's.
 CYTHON_3_1 = tuple(int(part) for part in Cython.__version__.split(".")[:2]) >= (3, 1)
-FREE_THREADING = {"freethreading_compatible": True} if CYTHON_3_1 else {}
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    **({"freethreading_compatible": True} if CYTHON_3_1 else {}),
+}
+KERNEL_HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h"]
 
-compile_args, link_args = build_flags()
-extensions = [
-    Extension(
-        "ce._kernels",
-        ["src/ce/_kernels.pyx"],
-        include_dirs=[np.get_include(), "src/ce"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
-        depends=["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h", "src/ce/_kernels.pxd"],
-    ),
-    Extension(  # exact float64 sums for Score (no OpenMP, no SIMD dispatch needed)
-        "ce._exact",
-        ["src/ce/_exact.pyx"],
-        include_dirs=[np.get_include(), "src/ce"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        extra_compile_args=[a for a in compile_args if "openmp" not in a] + (
-            [] if sys.platform == "win32" else ["-fopenmp-simd"]),
-        extra_link_args=[a for a in link_args if "openmp" not in a and a != "-lomp"],
-        depends=["src/ce/_ce_exact.h"],
-    ),
-]
 
-setup(
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={
-            "language_level": 3,
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-            **FREE_THREADING,
-        },
-    )
-)
+def extensions(compile_args, link_args):
+    return [
+        Extension(
+            "ce._kernels",
+            ["src/ce/_kernels.pyx"],
+            include_dirs=[np.get_include(), "src/ce"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            depends=[*KERNEL_HEADERS, "src/ce/_kernels.pxd"],
+        ),
+        Extension(  # exact float64 sums for Score (no OpenMP, no SIMD dispatch needed)
+            "ce._exact",
+            ["src/ce/_exact.pyx"],
+            include_dirs=[np.get_include(), "src/ce"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+            extra_compile_args=[a for a in compile_args if "openmp" not in a] + (
+                [] if sys.platform == "win32" else ["-fopenmp-simd"]),
+            extra_link_args=[a for a in link_args if "openmp" not in a and a != "-lomp"],
+            depends=["src/ce/_ce_exact.h"],
+        ),
+    ]
+
+
+if __name__ == "__main__":  # setuptools runs this file as __main__; tools import it for its values
+    setup(ext_modules=cythonize(extensions(*build_flags()), compiler_directives=COMPILER_DIRECTIVES))

@@ -32,6 +32,44 @@ def assert_close(actual, expected, dtype, what="", factor=1.0):
                                equal_nan=True, err_msg=what)
 
 
+# rtol of assert_close_rounded (tests/test_hypothesis.py), relative to the expected value
+ROUNDED_RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 5e-5, np.dtype(np.float16): 3e-3}
+
+
+def assert_close_rounded(actual, expected, dtype, what, atol=0.0, rtol=None):
+    """Compare in float64 after rounding the expected value to `dtype` (so overflow to inf in
+    float16/float32 outputs is expected). NaN must match NaN, infinities must match."""
+    dtype = np.dtype(dtype)
+    rtol = ROUNDED_RTOL[dtype] if rtol is None else rtol
+    a = np.asarray(actual).astype(np.float64)
+    with np.errstate(all="ignore"):
+        e = np.asarray(expected, dtype=np.float64).astype(dtype).astype(np.float64)
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    assert np.array_equal(nan_a, nan_e), (
+        f"{what}: NaN where not expected or missing at {np.argwhere(nan_a != nan_e)[:5].tolist()}"
+        f"\nactual={a[nan_a != nan_e][:5]} expected={e[nan_a != nan_e][:5]}")
+    big = np.finfo(dtype).max / 2
+    inf_e, inf_a = np.isinf(e), np.isinf(a)
+    near_max = (inf_e & (np.abs(a) >= big)) | (inf_a & (np.abs(e) >= big))
+    both = (inf_e | inf_a) & ~near_max
+    assert np.array_equal(a[both], e[both]), f"{what}: infinities differ"
+    fin = ~(nan_e | inf_e | inf_a)
+    err = np.abs(a[fin] - e[fin])
+    lim = rtol * np.abs(e[fin]) + atol + (6e-8 if dtype == np.float16 else 0.0)
+    if not np.all(err <= lim):
+        i = int(np.argmax(err - lim))
+        raise AssertionError(f"{what}: |{a[fin][i]!r} - {e[fin][i]!r}| = {err[i]:.3g} > {lim[i]:.3g} "
+                             f"({np.count_nonzero(err > lim)} of {err.size} entries)")
+
+
+def bits(a):
+    """(dtype, shape, bytes) of an array or scalar: equal exactly when two results have the same
+    bits (NaN payloads and the sign of zero included)."""
+    a = np.asarray(a)
+    return a.dtype.str, a.shape, a.tobytes()
+
+
 def assert_numpy_scalar(value, dtype):
     """A NumPy scalar (not a Python float, not an array) of exactly ``dtype``."""
     assert isinstance(value, np.generic), f"expected a NumPy scalar, got {type(value)}"
@@ -125,14 +163,20 @@ def random_dense_target(rng, shape, axis, style):
     raise ValueError(style)
 
 
+def central_difference(f, x, index, h=1e-6):
+    """d f / d x[index] of the scalar function f at x by central differences (float64)."""
+    x = np.array(x, dtype=np.float64)
+    xp = x.copy()
+    xm = x.copy()
+    xp[index] += h
+    xm[index] -= h
+    return (float(f(xp)) - float(f(xm))) / (2.0 * h)
+
+
 def finite_difference(f, x, h=1e-6):
-    """Central differences of the scalar function f at x (float64)."""
+    """Central differences of the scalar function f at x (float64), every entry."""
     x = np.array(x, dtype=np.float64)
     g = np.zeros_like(x)
     for i in np.ndindex(x.shape):
-        xp = x.copy()
-        xm = x.copy()
-        xp[i] += h
-        xm[i] -= h
-        g[i] = (float(f(xp)) - float(f(xm))) / (2.0 * h)
+        g[i] = central_difference(f, x, i, h)
     return g

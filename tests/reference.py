@@ -56,6 +56,8 @@ __all__ = [
     "ref_softmax",
     "ref_logsumexp",
     "ref_sequence_score",
+    "ref_score",
+    "ref_linear",
 ]
 
 
@@ -311,3 +313,46 @@ def ref_sequence_score(logits, target, *, ignore_index=-100):
     hit = (np.argmax(x, axis=-1) == y) & ~np.isnan(picked)
     greedy = np.all(hit | ~counted, axis=-1)
     return logprob, counted.sum(axis=-1), greedy
+
+
+def ref_score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None,
+              from_logits=True, top_k=(1,)):
+    """The sums of a ``ce.Score`` from first principles: float64 log-sum-exp, the first argmax
+    and strict ranks (k-hit: fewer than k classes score above the label), summed with
+    math.fsum (exactly rounded, like Score's exact sums). Returns a dict of Score's fields."""
+    x = np.asarray(logits)
+    eps = np.finfo(x.dtype).eps
+    v, _, _ = _to_rows(x.astype(np.float64), class_axes(x.ndim, axis))
+    y = np.asarray(target).reshape(-1)
+    w = (np.ones(len(y)) if sample_weight is None
+         else np.broadcast_to(np.asarray(sample_weight, dtype=np.float64), np.shape(target)).reshape(-1))
+    keep = (y != ignore_index) & (w != 0)
+    yk = np.where(keep, y, 0)
+    xy = v[np.arange(len(y)), yk]
+    if from_logits:
+        m = v.max(axis=1)
+        loss = m + np.log(np.exp(v - m[:, None]).sum(axis=1)) - xy
+    else:
+        loss = -np.log(np.maximum(xy, eps))
+    rank = (v > xy[:, None]).sum(axis=1)
+    hit1 = keep & (v.argmax(axis=1) == y)
+    return dict(loss_sum=math.fsum((w * loss)[keep]), weight_sum=math.fsum(w[keep]),
+                count=int(keep.sum()), rows=len(y), correct=math.fsum(w[hit1]),
+                top_k_correct={k: math.fsum(w[hit1] if k == 1 else w[keep & (rank < k)])
+                               for k in top_k})
+
+
+def ref_linear(hidden, linear_weight, target, *, linear_bias=None, grad_output=1.0, **options):
+    """(loss, grad_hidden, grad_linear_weight, grad_linear_bias or None) of the materialised
+    float64 logits ``hidden @ linear_weight.T + linear_bias``; ``options`` are
+    ref_cross_entropy's (class axis last)."""
+    h64, w64 = np.asarray(hidden, np.float64), np.asarray(linear_weight, np.float64)
+    b = linear_bias
+    logits = h64 @ w64.T + (0.0 if b is None else np.asarray(b, np.float64))
+    loss = ref_cross_entropy(logits, target, **options)
+    g = ref_grad(logits, target, grad_output=grad_output, **options)
+    g2 = g.reshape(-1, w64.shape[0])
+    gh = (g2 @ w64).reshape(h64.shape)
+    gw = g2.T @ h64.reshape(-1, w64.shape[1])
+    gb = None if b is None else g2.sum(axis=0)
+    return loss, gh, gw, gb

@@ -265,3 +265,49 @@ def test_errors_checked_before_writing_in_place():
     with pytest.raises(ValueError):
         ce.cross_entropy_with_grad(x, y, out=x)
     np.testing.assert_array_equal(x, before)
+
+
+# ------------------------------------------------------------------------------------------
+# A few of each kind together: labels, options, arrays
+# ------------------------------------------------------------------------------------------
+
+def test_bad_label_names_value_and_position_and_writes_nothing():
+    x = np.zeros((2, 3, 4))
+    y = np.zeros((2, 4), np.int64)
+    y[1, 2] = 7
+    out = np.full_like(x, 42.0)
+    with pytest.raises(ValueError, match=r"label 7 at position \(1, 2\)"):
+        ce.cross_entropy_grad(x, y, axis=1, out=out)
+    assert (out == 42.0).all()
+
+
+@pytest.mark.parametrize("kwargs, exc, word", [
+    ({"reduction": "avg"}, ValueError, "reduction"),
+    ({"label_smoothing": -0.1}, ValueError, "label_smoothing"),
+    ({"label_smoothing": 1.5}, ValueError, "label_smoothing"),
+    ({"weight": np.ones(4)}, ValueError, "weight"),
+    ({"sample_weight": np.ones(5)}, ValueError, "sample_weight"),
+    ({"n_threads": 0}, ValueError, "n_threads"),
+    ({"n_threads": 1.5}, TypeError, "n_threads"),
+    ({"axis": 2}, ValueError, "axis"),
+    ({"out": np.zeros((2, 3), np.float32)}, TypeError, "out"),
+    ({"out": np.zeros((3, 2))}, ValueError, "out"),
+    ({"grad_output": np.ones(2)}, ValueError, "grad_output"),
+])
+def test_bad_options_raise_naming_the_argument(kwargs, exc, word):
+    x = np.zeros((2, 3))
+    with pytest.raises(exc, match=word):
+        ce.cross_entropy_grad(x, np.array([0, 1]), **kwargs)
+
+
+def test_bad_arrays():
+    with pytest.raises(TypeError, match="logits"):
+        ce.cross_entropy(np.zeros((2, 3), int), np.array([0, 1]))
+    with pytest.raises(ValueError, match="logits"):
+        ce.cross_entropy(np.float64(1.0), np.array(0))
+    with pytest.raises(ValueError, match="logits"):
+        ce.cross_entropy(np.zeros((2, 0)), np.array([0, 1]))
+    with pytest.raises(TypeError, match="target"):
+        ce.cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="target"):
+        ce.cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))

@@ -363,7 +363,7 @@ def out_values():
 KNOWN = {
     # (argument, value label, function or "*"): why it fails today. Empty: every case behaves.
     # Fixed since the matrix was written: np.matrix logits (now a plain-array view; a valid input,
-    # see test_semantics.py), out= overlapping the logits in another layout (now computed aside
+    # see test_core.py), out= overlapping the logits in another layout (now computed aside
     # and copied, also tested there), strings/bytes for float options, bool ignore_index,
     # an array as return_lse or reduction, unguarded np.asarray(lse).
 }

@@ -34,7 +34,6 @@ import ce
 
 N_PY_THREADS = 8
 ROUNDS = 3
-PARALLEL_MIN_ELEMENTS = 32768
 
 
 def shared_inputs():

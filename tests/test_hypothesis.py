@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 import ce
+from helpers import ROUNDED_RTOL, assert_close_rounded
 from reference import (
     ref_cross_entropy,
     ref_grad,
@@ -62,7 +63,7 @@ INTS = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, n
 REDUCTIONS = ("mean", "sum", "none")
 
 # relative tolerance, and absolute tolerance relative to the natural scale of the result
-RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 5e-5, np.dtype(np.float16): 3e-3}
+RTOL = ROUNDED_RTOL
 ATOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5, np.dtype(np.float16): 3e-3}
 MAGNITUDE = {  # "huge" and "tiny" logit scales per dtype
     np.dtype(np.float64): (1e300, 1e-310),
@@ -502,33 +503,6 @@ def grad_natural_scale(case, reduction, grad_output):
     return float(s.max()) if s.size else 0.0
 
 
-def assert_close(actual, expected, dtype, what, atol=0.0, rtol=None):
-    """Compare in float64 after rounding the expected value to `dtype` (so overflow to inf in
-    float16/float32 outputs is expected). NaN must match NaN, infinities must match."""
-    dtype = np.dtype(dtype)
-    rtol = RTOL[dtype] if rtol is None else rtol
-    a = np.asarray(actual).astype(np.float64)
-    with np.errstate(all="ignore"):
-        e = np.asarray(expected, dtype=np.float64).astype(dtype).astype(np.float64)
-    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
-    nan_a, nan_e = np.isnan(a), np.isnan(e)
-    assert np.array_equal(nan_a, nan_e), (
-        f"{what}: NaN where not expected or missing at {np.argwhere(nan_a != nan_e)[:5].tolist()}"
-        f"\nactual={a[nan_a != nan_e][:5]} expected={e[nan_a != nan_e][:5]}")
-    big = np.finfo(dtype).max / 2
-    inf_e, inf_a = np.isinf(e), np.isinf(a)
-    near_max = (inf_e & (np.abs(a) >= big)) | (inf_a & (np.abs(e) >= big))
-    both = (inf_e | inf_a) & ~near_max
-    assert np.array_equal(a[both], e[both]), f"{what}: infinities differ"
-    fin = ~(nan_e | inf_e | inf_a)
-    err = np.abs(a[fin] - e[fin])
-    lim = rtol * np.abs(e[fin]) + atol + (6e-8 if dtype == np.float16 else 0.0)
-    if not np.all(err <= lim):
-        i = int(np.argmax(err - lim))
-        raise AssertionError(f"{what}: |{a[fin][i]!r} - {e[fin][i]!r}| = {err[i]:.3g} > {lim[i]:.3g} "
-                             f"({np.count_nonzero(err > lim)} of {err.size} entries)")
-
-
 def loss_atol(case):
     """Absolute tolerance of a loss: the reference's own rounding of lse - x (float64)."""
     x = np.abs(case.values[np.isfinite(case.values)])
@@ -606,7 +580,7 @@ def check_loss(case, loss, reduction, what="loss"):
     if reduction == "mean":
         d = denominator(case)
         atol = atol / d if d else atol
-    assert_close(loss, exp, dt, what, atol=atol + ATOL[dt] * 1e-3)
+    assert_close_rounded(loss, exp, dt, what, atol=atol + ATOL[dt] * 1e-3)
 
 
 def check_grad(case, g, reduction, grad_output, what="grad", rtol=None):
@@ -616,7 +590,7 @@ def check_grad(case, g, reduction, grad_output, what="grad", rtol=None):
     exp = expected_grad(case, reduction, grad_output)
     scale = grad_natural_scale(case, reduction, grad_output)
     atol = ATOL[dt] * scale if rtol is None else max(rtol, ATOL[dt]) * scale
-    assert_close(g, exp, dt, what, atol=atol, rtol=rtol)
+    assert_close_rounded(g, exp, dt, what, atol=atol, rtol=rtol)
 
 
 @st.composite
@@ -765,7 +739,7 @@ def test_cross_entropy_with_grad(args, return_lse):
                              np.float64).reshape(-1)
         got = np.asarray(lse, np.float64).reshape(-1)
         xmax = float(np.abs(rows[np.isfinite(rows)]).max()) if np.isfinite(rows).any() else 0.0
-        assert_close(got[finite], exp[finite], dt, "lse", atol=8 * 2.0**-52 * (xmax + 1))
+        assert_close_rounded(got[finite], exp[finite], dt, "lse", atol=8 * 2.0**-52 * (xmax + 1))
 
 
 @st.composite
@@ -805,7 +779,7 @@ def test_target_free_functions(args):
             if case.rest == ():
                 assert isinstance(res, np.generic)
             exp = ref_logsumexp(case.values, axis=case.axis)
-            assert_close(res, exp, dt, fn, atol=ATOL[dt] * 1e-3 * (xmax + 1))
+            assert_close_rounded(res, exp, dt, fn, atol=ATOL[dt] * 1e-3 * (xmax + 1))
             return
         assert res.shape == case.shape and res.dtype.newbyteorder("=") == dt
         if holder is not None:
@@ -818,7 +792,7 @@ def test_target_free_functions(args):
             flat[bad] = np.nan
             exp = np.moveaxis(flat.reshape(moved.shape), range(exp.ndim - len(axes), exp.ndim), axes)
         atol = ATOL[dt] * (1 if fn == "softmax" else (xmax + 1))
-        assert_close(res, exp, dt, fn, atol=atol)
+        assert_close_rounded(res, exp, dt, fn, atol=atol)
 
 
 # ------------------------------------------------------------------------------------------
@@ -903,13 +877,13 @@ def test_in_place_equals_out_of_place_and_fused_equals_separate(args):
         assert same_bits(loss1, loss2)
         assert same_bits(g1, g2), "in-place gradient differs from out-of-place"
     else:
-        assert_close(loss1, np.asarray(loss2, np.float64), case.dtype, "loss in place",
+        assert_close_rounded(loss1, np.asarray(loss2, np.float64), case.dtype, "loss in place",
                      rtol=8 * float(np.finfo(case.dtype).eps))
         # unaligned / byte-swapped: both are computed in a contiguous copy and written back, but
         # the out-of-place output is strided, which may pick the other (row or column) kernel
         eps = float(np.finfo(case.dtype).eps)
         scale = grad_natural_scale(case, case.reduction, go)
-        assert_close(g1, np.asarray(g2, np.float64), case.dtype, "in place", rtol=4 * eps,
+        assert_close_rounded(g1, np.asarray(g2, np.float64), case.dtype, "in place", rtol=4 * eps,
                      atol=4 * eps * scale)
     # the fused call is the two separate calls, bit for bit
     y = case.logits
@@ -932,16 +906,16 @@ def test_in_place_equals_out_of_place_and_fused_equals_separate(args):
             eps = float(np.finfo(case.dtype).eps)
             finite = np.abs(case.values[np.isfinite(case.values)])
             atol = 8 * eps * (1 + (float(finite.max()) if finite.size else 0.0))
-            assert_close(z, np.asarray(ref, np.float64), case.dtype, fn.__name__, rtol=4 * eps,
+            assert_close_rounded(z, np.asarray(ref, np.float64), case.dtype, fn.__name__, rtol=4 * eps,
                          atol=atol)
 
 
 @st.composite
 def big_problems(draw):
-    """Problems of more than 32768 logits, so that n_threads=2 really runs two threads."""
+    """Problems big enough for a parallel region, so that n_threads=2 really runs two threads."""
     dtype = np.dtype(draw(st.sampled_from(FLOATS)))
     C = draw(st.sampled_from([1, 2, 3, 7, 16, 17, 100, 1000, 5000]))
-    n = 32768 // C + draw(st.integers(1, 600))
+    n = ce._kernels.PARALLEL_MIN_LOGITS // C + draw(st.integers(1, 600))
     form = draw(st.sampled_from(["NC", "NC", "NCH", "CN", "tuple"]))
     if form == "NC":
         shape, axis = (n, C), -1

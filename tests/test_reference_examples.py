@@ -135,3 +135,13 @@ def test_numpy_ml_gradient_is_softmax_minus_onehot(dtype):
     np.testing.assert_allclose(ce.cross_entropy_grad(z, y, reduction="sum"), expected, atol=tol)
     np.testing.assert_allclose(ce.cross_entropy_grad(z, labels, reduction="sum"), expected,
                                atol=tol)
+
+
+def test_worked_examples():
+    assert ce.cross_entropy(np.array([[2.0, 2, 2], [0, 0, 1e6]]), np.array([0, 2])) == pytest.approx(0.54930614)
+    assert ce.cross_entropy(np.array([[2.0, 1.0, 0.1]]), np.array([0])) == pytest.approx(0.4170, abs=1e-4)
+    np.testing.assert_allclose(
+        ce.cross_entropy(np.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]]), np.array([0, 1]), reduction="none"),
+        [0.2761, 2.9518], atol=1e-4)
+    assert ce.cross_entropy(np.array([[0.7, 0.2, 0.1]]), np.array([[1, 0, 0]]), from_logits=False,
+                            reduction="sum") == pytest.approx(0.35667494393873245, rel=1e-15)

@@ -11,6 +11,7 @@ import pytest
 
 import ce
 from ce import _kernels
+from helpers import bits
 
 
 class _Sub(np.ndarray):
@@ -40,9 +41,7 @@ def _same_bits(a, b):
         for u, v in zip(a, b):
             _same_bits(u, v)
         return
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape
-    assert a.tobytes() == b.tobytes()
+    assert bits(a) == bits(b)
 
 
 OPTIONS = [

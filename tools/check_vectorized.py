@@ -1,11 +1,13 @@
 """Fail when a kernel loop marked `#pragma omp simd` was not vectorized.
 
-Cythonizes src/ce/_kernels.pyx, compiles it with the shipping flags plus
--fopt-info-vec-optimized, and checks that the loop under every `omp simd`
-pragma in the C headers is reported vectorized for every target clone (the
+Cythonizes src/ce/_kernels.pyx with setup.py's Cython directives, compiles it
+with setup.py's compiler and shipping flags plus -fopt-info-vec-optimized, and
+checks that the loop under every `omp simd` pragma in the C headers is
+reported vectorized for every target clone (the
 x86-64-v3 / v4 clones must use 32 / 64-byte vectors). Run from the repo root:
     python tools/check_vectorized.py
 """
+import importlib.util
 import os
 import re
 import subprocess
@@ -16,7 +18,19 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h"]
+
+
+def load_setup():
+    """setup.py as a module (it calls setup() only as __main__): the flags and directives."""
+    spec = importlib.util.spec_from_file_location("ce_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SETUP = load_setup()
+HEADERS = SETUP.KERNEL_HEADERS
+COMPILE_ARGS = SETUP.build_flags()[0]
 
 
 def simd_loops():
@@ -34,11 +48,10 @@ def simd_loops():
 def compile_report():
     tmp = tempfile.mkdtemp()
     c_file = os.path.join(tmp, "_kernels.c")
-    subprocess.run([sys.executable, "-m", "cython", "-3", "-I", os.path.join(ROOT, "src"),
+    directives = ",".join(f"{k}={v}" for k, v in SETUP.COMPILER_DIRECTIVES.items())
+    subprocess.run([sys.executable, "-m", "cython", "-X", directives, "-I", os.path.join(ROOT, "src"),
                     os.path.join(ROOT, "src/ce/_kernels.pyx"), "-o", c_file], check=True)
-    cc = os.environ.get("CC", "gcc")
-    cmd = [cc, "-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fPIC",
-           "-I" + np.get_include(), "-I" + sysconfig.get_paths()["include"],
+    cmd = [SETUP._compiler(), *COMPILE_ARGS, "-fPIC", "-I" + np.get_include(), "-I" + sysconfig.get_paths()["include"],
            "-I" + os.path.join(ROOT, "src/ce"), "-c", c_file, "-o", os.path.join(tmp, "k.o"),
            "-fopt-info-vec-optimized"]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -52,13 +65,15 @@ def main():
         key = ("src/ce/" + os.path.basename(m.group(1)), int(m.group(2)))
         vectorized.setdefault(key, set()).add(int(m.group(3)))
     loops = simd_loops()
+    # a baseline build (CE_EXTRA_CFLAGS=-DCE_NO_DISPATCH, tools/ci_builds.sh) has no wide clones
+    baseline = "-DCE_NO_DISPATCH" in COMPILE_ARGS or "CE_NO_DISPATCH" in os.environ
     bad = []
     for h, line in loops:
         # gcc names the pragma's line, the for statement's or the first body line
         widths = set().union(*(vectorized.get((h, line + d), set()) for d in range(4)))
         if not widths:
             bad.append(f"{h}:{line}: not vectorized")
-        elif "CE_NO_DISPATCH" not in os.environ and not {32, 64} <= widths:
+        elif not baseline and not {32, 64} <= widths:
             bad.append(f"{h}:{line}: vectorized only with {sorted(widths)}-byte vectors")
     print(f"{len(loops) - len(bad)} of {len(loops)} omp simd loops vectorized (16/32/64-byte clones)")
     for b in bad:

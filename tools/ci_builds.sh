@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=${CE_BUILDS_DIR:-$(mktemp -d /tmp/ce-builds.XXXXXX)}
-CORE_TESTS=(tests/test_core.py tests/test_semantics.py tests/test_bad_input.py
+CORE_TESTS=(tests/test_core.py tests/test_threads.py tests/test_bad_input.py
             tests/test_reference_examples.py)
 APT_UPDATED=0
 

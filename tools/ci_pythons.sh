@@ -38,7 +38,7 @@ FULL_VERSION=${CE_FULL_SUITE_PYTHON:-3.11}   # the version whose full suite is r
 
 # reference/core, semantics, bad input, thread and process determinism, score, CLI, cimport,
 # and the MyGrad adapter (annotations evaluated at import)
-CORE_TESTS="test_core.py test_reference_examples.py test_semantics.py test_bad_input.py
+CORE_TESTS="test_core.py test_reference_examples.py test_threads.py test_bad_input.py
 test_bad_input_matrix.py test_concurrency.py test_threadpool.py test_score.py test_cli.py
 test_cimport.py test_mygrad_adapter.py"
 

@@ -9,10 +9,12 @@ touched.
 import math
 import operator
 import sys
+from typing import Literal, get_args
 
 import numpy as np
 
-REDUCTIONS = ("none", "sum", "mean")
+Reduction = Literal["none", "sum", "mean"]   # the one list of reductions (types and checks)
+REDUCTIONS = get_args(Reduction)
 
 
 def c_array(a, dtype=None):

@@ -55,7 +55,7 @@ static inline int ce_have_openmp(void) { return 0; }
 #endif
 
 #define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
-#define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (= MAX_BLOCK_ROWS in _kernels.pyx) */
+#define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (block_rows_for in _kernels.pyx caps blocks at it) */
 /* Row-major rows of up to CE_TILE_MAX_C classes are transposed into a class-major
    tile of at most CE_TILE elements and vectorized across rows; longer rows run the
    row kernel, vectorized along the row in CE_LANES-wide steps. */

@@ -1,8 +1,10 @@
 """Build and runtime facts: OpenMP, the SIMD level picked at load time."""
+from typing import Any
+
 from . import _kernels
 
 
-def show_config(print_out=True):
+def show_config(print_out: bool = True) -> dict[str, Any]:
     """Return (and print) how ce was built and what it runs on."""
     info = {
         "openmp": _kernels.have_openmp(),

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# Cython directives: COMPILER_DIRECTIVES in setup.py (their one source).
 """Exact float64 sums (the C loop of _ce_exact.h), for Score's chunk-invariant totals.
 
 `exact_sum` returns the exact sum of the finite values as an integer count of

@@ -3,16 +3,20 @@
 The Python-level names here are internal (the public API is in ce/__init__.py);
 the C-level API for other Cython packages is declared in _kernels.pxd.
 """
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from typing_extensions import disjoint_base
+
+from ._args import Reduction
 
 _Floats = NDArray[np.floating[Any]]
 _F64 = NDArray[np.float64]
 _I64 = NDArray[np.int64]
 
 NO_TARGET: object
+PARALLEL_MIN_LOGITS: int
 
 def max_threads() -> int: ...
 def have_openmp() -> bool: ...
@@ -26,11 +30,12 @@ def check_labels(
     row_weight: _F64 | None,
 ) -> tuple[int, float, int]: ...
 
+@disjoint_base
 class Call:
     """One validated call: its inputs and options, and the C problem struct."""
 
     n_threads: int
-    reduction: Literal["mean", "sum", "none"]
+    reduction: Reduction
     dtype: np.dtype[Any]
     axes: tuple[int, ...]
     name: str
@@ -49,7 +54,7 @@ class Call:
         logits: ArrayLike,
         target: ArrayLike | object = ...,
         axis: int | tuple[int, ...] = -1,
-        reduction: Literal["mean", "sum", "none"] = "mean",
+        reduction: Reduction = "mean",
         weight: ArrayLike | None = None,
         sample_weight: ArrayLike | None = None,
         ignore_index: int = -100,
@@ -73,6 +78,9 @@ class Call:
     @property
     def has_labels(self) -> bool: ...
     @property
+    def grad_scale(self) -> float: ...
+    def result(self, total: float, row_loss: _F64 | None = None) -> Any: ...
+    @property
     def shape(self) -> tuple[int, ...]: ...
     @property
     def rest(self) -> tuple[int, ...]: ...
@@ -80,6 +88,7 @@ class Call:
     def rows(self) -> _Floats: ...
     def arrays(self) -> list[NDArray[Any]]: ...
 
+def _set_half_portable(on: bool) -> None: ...
 def solve(
     call: Call,
     *,

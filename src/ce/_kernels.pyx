@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# Cython directives: COMPILER_DIRECTIVES in setup.py (their one source).
 """Compiled kernels of ce: one call runs one problem over fixed blocks of rows.
 
 The arithmetic is in _ce_core.h / _ce_row.h (static inline C that gcc
@@ -69,6 +69,7 @@ cdef extern from "_ce_core.h" nogil:
 
 # Below this many logits a parallel region costs more than it saves (and the GIL is kept).
 DEF PARALLEL_MIN_ELEMENTS = 32768
+PARALLEL_MIN_LOGITS = PARALLEL_MIN_ELEMENTS   # for Python (tests that need real threads)
 # Rows per block: about this many logits, at most CE_SMALL_ROWS rows.
 DEF BLOCK_ELEMENTS = 16384
 # Class axis not last: logits per stripe of rows (fits in L2).

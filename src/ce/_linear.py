@@ -8,14 +8,17 @@ arguments are validated, and the mean's denominator computed, before the
 first chunk runs.
 """
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
-from ._args import (as_array, as_logits, c_array, check_count, check_top_k, dense_not_accepted,
-                    kernel_real, same_dtype)
+from ._args import (Reduction, as_array, as_logits, c_array, check_count, check_top_k,
+                    dense_not_accepted, kernel_real, same_dtype)
 from ._kernels import Call
-from ._score import tally
+from ._score import Score, tally
 
 # Default chunk: its logits take about this many bytes ...
 LOGITS_BUDGET = 32 << 20
@@ -149,10 +152,12 @@ _DOC_CHUNKS = f"""
 """
 
 
-def linear_cross_entropy(hidden, linear_weight, target, *, linear_bias=None, weight=None,
-                         sample_weight=None, reduction="mean", ignore_index=-100,
-                         label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_rows=None,
-                         n_threads=None):
+def linear_cross_entropy(hidden: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
+                         linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
+                         sample_weight: ArrayLike | None = None, reduction: Reduction = "mean",
+                         ignore_index: int = -100, label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float | None = None,
+                         chunk_rows: int | None = None, n_threads: int | None = None) -> Any:
     lin = _Linear(hidden, linear_weight, target, linear_bias=linear_bias, chunk_rows=chunk_rows,
                   weight=weight, sample_weight=sample_weight, reduction=reduction,
                   ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
@@ -164,11 +169,14 @@ def linear_cross_entropy(hidden, linear_weight, target, *, linear_bias=None, wei
     return lin.call.result(total, row_loss)
 
 
-def linear_cross_entropy_with_grad(hidden, linear_weight, target, *, linear_bias=None,
-                                   weight=None, sample_weight=None, reduction="mean",
-                                   ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
-                                   softcap=None, chunk_rows=None, n_threads=None,
-                                   grad_output=1.0):
+def linear_cross_entropy_with_grad(
+        hidden: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
+        linear_bias: ArrayLike | None = None, weight: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None, reduction: Reduction = "mean",
+        ignore_index: int = -100, label_smoothing: float = 0.0, z_loss: float = 0.0,
+        softcap: float | None = None, chunk_rows: int | None = None,
+        n_threads: int | None = None, grad_output: ArrayLike = 1.0,
+) -> tuple[Any, NDArray[Any], NDArray[Any], NDArray[Any] | None]:
     lin = _Linear(hidden, linear_weight, target, linear_bias=linear_bias, chunk_rows=chunk_rows,
                   weight=weight, sample_weight=sample_weight, reduction=reduction,
                   ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
@@ -212,9 +220,11 @@ def _gemm_accumulate(grad_w):
     return add_into
 
 
-def linear_score(hidden, linear_weight, target, *, linear_bias=None, top_k=(1,),
-                 ignore_index=-100, sample_weight=None, softcap=None, chunk_rows=None,
-                 n_threads=None):
+def linear_score(hidden: ArrayLike, linear_weight: ArrayLike, target: ArrayLike, *,
+                 linear_bias: ArrayLike | None = None, top_k: int | Iterable[int] = (1,),
+                 ignore_index: int = -100, sample_weight: ArrayLike | None = None,
+                 softcap: float | None = None, chunk_rows: int | None = None,
+                 n_threads: int | None = None) -> Score:
     ks = check_top_k(top_k)
     lin = _Linear(hidden, linear_weight, target, linear_bias=linear_bias, chunk_rows=chunk_rows,
                   sample_weight=sample_weight, reduction="sum", ignore_index=ignore_index,

@@ -4,16 +4,18 @@ Each function builds one `ce._kernels.Call` from its keywords (the arguments
 are checked there, by ce._args) and hands it to a kernel entry of
 ce._kernels, which runs the blocks and applies the reduction.
 """
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
+from ._args import Reduction
 from ._kernels import Call
 
-Reduction = Literal["mean", "sum", "none"]
 Axis = int | tuple[int, ...]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _KEYWORDS = """
     logits : array_like of float16, float32 or float64
@@ -59,9 +61,10 @@ _RAISES = """
         Nothing is written before every argument is checked."""
 
 
-def _doc(text):
-    """Fill the shared parameter and raises sections into a docstring."""
-    def apply(fn):
+def _doc(text: str) -> Callable[[_F], _F]:
+    """Fill the shared parameter and raises sections into a docstring (typed, so
+    that type checkers keep the decorated function's signature)."""
+    def apply(fn: _F) -> _F:
         fn.__doc__ = text.replace("{keywords}", _KEYWORDS).replace("{raises}", _RAISES)
         return fn
     return apply

@@ -7,8 +7,11 @@ and the means are derived on demand (each rounded once).
 """
 import math
 import operator
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _kernels
 from ._args import check_top_k, dense_not_accepted
@@ -43,8 +46,11 @@ class Score:
 
     __slots__ = ("_loss", "_weight", "count", "rows", "_correct", "_top")
 
-    def __init__(self, loss_sum=0.0, weight_sum=0.0, count=0, rows=0, correct=0.0,
-                 top_k_correct=None):
+    count: int
+    rows: int
+
+    def __init__(self, loss_sum: Any = 0.0, weight_sum: Any = 0.0, count: int = 0, rows: int = 0,
+                 correct: Any = 0.0, top_k_correct: dict[int, Any] | None = None) -> None:
         self._loss = _exact(loss_sum)
         self._weight = _exact(weight_sum)
         self.count = int(count)
@@ -53,31 +59,31 @@ class Score:
         self._top = {int(k): _exact(v) for k, v in (top_k_correct or {}).items()}
 
     @classmethod
-    def empty(cls, top_k=(1,)):
+    def empty(cls, top_k: int | Iterable[int] = (1,)) -> "Score":
         """The score of no examples (the neutral element of ``+``)."""
         return cls(top_k_correct={k: 0.0 for k in check_top_k(top_k)})
 
     @property
-    def loss_sum(self):
+    def loss_sum(self) -> float:
         """Sum over the counted examples of sample_weight * loss, rounded once to float64."""
         return float(self._loss)
 
     @property
-    def weight_sum(self):
+    def weight_sum(self) -> float:
         """Sum of the counted examples' sample weights (their count without weights)."""
         return float(self._weight)
 
     @property
-    def correct(self):
+    def correct(self) -> float:
         """Sample-weighted number of top-1 hits."""
         return float(self._correct)
 
     @property
-    def top_k_correct(self):
+    def top_k_correct(self) -> dict[int, float]:
         """{k: sample-weighted number of top-k hits} (a new dict of floats)."""
         return {k: float(v) for k, v in self._top.items()}
 
-    def __add__(self, other):
+    def __add__(self, other: "Score | int") -> "Score":
         if isinstance(other, int) and other == 0:  # sum() starts from 0
             return self
         if not isinstance(other, Score):
@@ -92,7 +98,7 @@ class Score:
 
     __radd__ = __add__
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         """Equal exact sums and counts (so equal bits in every float field)."""
         if not isinstance(other, Score):
             return NotImplemented
@@ -101,28 +107,28 @@ class Score:
     __hash__ = None  # type: ignore[assignment]  # mutable sums: not hashable
 
     @property
-    def mean_loss(self):
+    def mean_loss(self) -> float:
         """loss_sum / weight_sum; NaN over nothing (as ce.cross_entropy's mean)."""
         return _ratio(self.loss_sum, self.weight_sum)
 
     @property
-    def perplexity(self):
+    def perplexity(self) -> float:
         """exp(mean_loss)."""
         m = self.mean_loss
         return math.inf if m > 709.0 else math.exp(m)
 
     @property
-    def accuracy(self):
+    def accuracy(self) -> float:
         """Sample-weighted fraction of counted examples whose label is the first argmax."""
         return self.correct / self.weight_sum if self.weight_sum else math.nan
 
     @property
-    def top_k_accuracy(self):
+    def top_k_accuracy(self) -> dict[int, float]:
         """{k: fraction of counted examples with fewer than k classes scoring above the label}."""
         return {k: (v / self.weight_sum if self.weight_sum else math.nan)
                 for k, v in self.top_k_correct.items()}
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The sums and the derived values, as plain Python numbers."""
         return {"rows": self.rows, "count": self.count, "weight_sum": self.weight_sum,
                 "loss_sum": self.loss_sum, "mean_loss": self.mean_loss,
@@ -130,7 +136,7 @@ class Score:
                 "top_k_accuracy": self.top_k_accuracy, "correct": self.correct,
                 "top_k_correct": dict(self.top_k_correct)}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         top = ", ".join(f"{k}: {v:.6g}" for k, v in self.top_k_accuracy.items())
         return (f"Score(mean_loss={self.mean_loss:.6g}, perplexity={self.perplexity:.6g}, "
                 f"accuracy={self.accuracy:.6g}, top_k_accuracy={{{top}}}, count={self.count}, "
@@ -174,8 +180,10 @@ def tally(labels, row_loss, argmax, hits, row_weight, ignore_index):
     return Score(loss_sum, weighted(keep), np.count_nonzero(keep), labels.size, correct, top)
 
 
-def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, from_logits=True,
-          top_k=(1,), n_threads=None):
+def score(logits: ArrayLike, target: ArrayLike, *, axis: int | tuple[int, ...] = -1,
+          ignore_index: int = -100, sample_weight: ArrayLike | None = None,
+          from_logits: bool = True, top_k: int | Iterable[int] = (1,),
+          n_threads: int | None = None) -> Score:
     """Loss sum, mean loss, perplexity and top-k accuracy, in one pass over the logits.
 
     Parameters

@@ -5,6 +5,7 @@ its row's first argmax; the per-sequence totals are O(N) reductions of those
 over the time axis. Nothing of size T x V is allocated.
 """
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from ._args import as_array, as_logits, check_index_target
@@ -27,15 +28,21 @@ class SequenceScore:
 
     __slots__ = ("logprob", "count", "greedy")
 
-    def __init__(self, logprob, count, greedy):
+    logprob: NDArray[np.float64]
+    count: NDArray[np.int64]
+    greedy: NDArray[np.bool_]
+
+    def __init__(self, logprob: NDArray[np.float64], count: NDArray[np.int64],
+                 greedy: NDArray[np.bool_]) -> None:
         self.logprob, self.count, self.greedy = logprob, count, greedy
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"SequenceScore(logprob={self.logprob!r}, count={self.count!r}, "
                 f"greedy={self.greedy!r})")
 
 
-def sequence_score(logits, target, *, ignore_index=-100, n_threads=None):
+def sequence_score(logits: ArrayLike, target: ArrayLike, *, ignore_index: int = -100,
+                   n_threads: int | None = None) -> SequenceScore:
     """Log-likelihood of each sequence's targets, and whether greedy decoding gives them.
 
     Parameters
@@ -90,6 +97,7 @@ def sequence_score(logits, target, *, ignore_index=-100, n_threads=None):
     row_loss, argmax = np.empty(n), np.empty(n, dtype=np.int64)
     _kernels.solve(call, row_loss=row_loss, row_argmax=argmax)
     seq = call.rest                    # (..., T)
+    assert call.labels is not None     # an index target (checked above)
     labels = call.labels.reshape(seq)
     counted = labels != call.ignore_index
     loss = row_loss.reshape(seq)

@@ -33,6 +33,9 @@ Dask threads per worker pass ``n_threads=1`` (or set OMP_NUM_THREADS=1 in the
 workers' environment); with one thread per worker (``--nthreads 1``) leave
 ``n_threads=None`` so each task uses the worker's cores.
 """
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 
 from . import _args, _kernels
@@ -220,8 +223,9 @@ def _scores(logits, target, axis, ignore_index, sample_weight, from_logits, top_
     return out or [delayed(Score.empty)(ks)]
 
 
-def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, from_logits=True,
-          top_k=(1,), n_threads=None, compute=True):
+def score(logits: Any, target: Any, *, axis: int = -1, ignore_index: int = -100,
+          sample_weight: Any = None, from_logits: bool = True, top_k: int | Iterable[int] = (1,),
+          n_threads: int | None = None, compute: bool = True) -> Any:
     """`ce.score` on Dask arrays; the chunks' Scores are merged exactly.
 
     Parameters
@@ -261,8 +265,9 @@ def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, fro
     return total.compute() if compute else total
 
 
-def cross_entropy(logits, target, *, axis=-1, reduction="mean", ignore_index=-100,
-                  sample_weight=None, from_logits=True, n_threads=None):
+def cross_entropy(logits: Any, target: Any, *, axis: int = -1, reduction: _args.Reduction = "mean",
+                  ignore_index: int = -100, sample_weight: Any = None, from_logits: bool = True,
+                  n_threads: int | None = None) -> Any:
     """`ce.cross_entropy` on Dask arrays, lazily (class-index targets).
 
     Parameters
