@@ -350,14 +350,19 @@ def _real_array(a, name, allow_bool=False):
     return a
 
 
+class LabelError(ValueError, IndexError):
+    """A class index outside [0, C): the ValueError of ce's contract, and also the
+    IndexError PyTorch raises for it (as NumPy's AxisError is both)."""
+
+
 def bad_label(labels, bad, rest, n_classes, ignore_index, name="target",
               ignore_name="ignore_index", offset=0):
-    """The ValueError for labels[bad], at flat position offset + bad of the
+    """The LabelError (a ValueError) for labels[bad], at flat position offset + bad of the
     per-example shape `rest` (offset: where a chunk's labels start). ignore_index
     None: the caller's API has none, so the message does not mention it."""
     pos = tuple(int(i) for i in np.unravel_index(offset + bad, rest)) if rest else ()
     ignored = "" if ignore_index is None else f" and not {ignore_name}={ignore_index}"
-    return ValueError(f"{name} has label {int(labels[bad])} at position {pos}, outside "
+    return LabelError(f"{name} has label {int(labels[bad])} at position {pos}, outside "
                       f"[0, {n_classes}){ignored}")
 
 

@@ -230,7 +230,8 @@ class _CrossEntropyGrad(torch.autograd.Function):
             if reduction == "mean":
                 go = go / _mean_denominator(t, weight, ignore_index, x.shape).to(go.dtype)
             go = go.reshape(-1, 1).expand(lse.shape[0], lse[0].numel())
-        grad = _dispatch(_CrossEntropyGrad, rows_x, rows_t, lse.reshape(-1), go.reshape(-1),
+        rows = rows_x.shape[:1] + rows_x.shape[2:]   # the rows' per-example shape
+        grad = _dispatch(_CrossEntropyGrad, rows_x, rows_t, lse.reshape(rows), go.reshape(rows),
                          weight, ignore_index, "none", label_smoothing)
         return grad.reshape(x.shape), 0
 
@@ -366,6 +367,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         _args.check_peer_target(target.ndim == input.ndim and target.shape == input.shape,
                                 target.dtype.is_floating_point, target.dtype, _INDEX_DTYPES,
                                 ignore_index, RuntimeError)
+        if target.dtype.is_floating_point and target.dtype is not input.dtype:
+            dtype = torch.promote_types(input.dtype, target.dtype)   # as PyTorch's loss
+            input, target = input.to(dtype), target.to(dtype)
     if torch.is_autocast_enabled("cpu"):
         input, target, weight = _autocast(input), _autocast(target), _autocast(weight)
     if _transforms_active():
