@@ -115,14 +115,18 @@ def test_module_is_a_drop_in():
 
 
 def test_saves_only_per_example_lse():
-    x, t, _ = _inputs(torch.float32, shape=(64, 100))
+    x, t, _ = _inputs(torch.float32, shape=(2049, 2048))  # above 16 MiB: the lse only
     x.requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda s: (saved.append(s), s)[1], lambda s: s):
         loss = ct.cross_entropy(x, t)
     inputs = {x.untyped_storage().data_ptr(), t.untyped_storage().data_ptr()}
     new = [s for s in saved if s.untyped_storage().data_ptr() not in inputs]
-    assert all(s.numel() <= 64 for s in new), [s.shape for s in new]  # nothing of size N x C
+    assert all(s.numel() <= 2049 for s in new), [s.shape for s in new]  # nothing of size N x C
+    held = [a for a in loss.grad_fn.kept if isinstance(a, np.ndarray)]   # beside the inputs' views
+    assert [a.shape for a in held] == [(2049,)], [a.shape for a in held]  # the lse
+    small = ct.cross_entropy(x[:64, :100].detach().requires_grad_(), t[:64] % 100)
+    assert small.grad_fn.kept[4].shape == (64, 100)   # small: the fused gradient is kept
     loss.backward()
     torch.testing.assert_close(x.grad, torch.func.grad(F.cross_entropy)(x.detach(), t))
 
@@ -155,6 +159,8 @@ def test_errors():
     t[2] = C
     with pytest.raises(ValueError, match="label"):
         ct.cross_entropy(x, t)
+    err = _raises_like_torch(lambda: ct.cross_entropy(x, t), lambda: F.cross_entropy(x, t))
+    assert isinstance(err, IndexError) and "position (2,)" in str(err)  # PyTorch's type, ce's message
     with pytest.raises(ValueError, match="label_smoothing"):
         ct.cross_entropy(x, t.clamp(0, C - 1), label_smoothing=-0.1)
     x.requires_grad_()
@@ -240,7 +246,7 @@ def test_autocast_result_dtype_as_torch(dtype, kind):
     torch.testing.assert_close(xs[0].grad, xs[1].grad)
 
 
-@pytest.mark.parametrize("shape", [(N, C), (200, 400)], ids=["gradient-kept", "lse-kept"])
+@pytest.mark.parametrize("shape", [(N, C), (1025, 2048)], ids=["gradient-kept", "lse-kept"])
 def test_backward_variants(shape):
     """Both forwards (small: the fused gradient kept for the backward; large: the lse):
     a scaled upstream gradient, a retained graph run twice, no_grad, in-place edits."""

@@ -81,11 +81,12 @@ def _grad_input(arrays, ndim, dtype, options, lse, grad_loss):
     return _tensor(_kernels.gradient(_call(arrays, ndim, options, grad_output=go, lse=lse)), dtype)
 
 
-# Up to this many logits, a forward that will be differentiated also computes the gradient
-# (one fused kernel call, for an upstream gradient of 1) and keeps it for the backward:
-# at most 256 KiB of float32, where the per-call cost is what counts. Above it, the forward
-# keeps only the per-example lse (O(N) memory) and the backward computes the gradient from it.
-_KEEP_GRADIENT_MAX = 1 << 16
+# Up to this size of the input, a forward that will be differentiated also computes the
+# gradient (one fused kernel call, for an upstream gradient of 1) and keeps it for the
+# backward: one pass over the logits instead of two. Above it (large vocabularies, where the
+# memory held until the backward counts), the forward keeps only the per-example lse (O(N))
+# and the backward computes the gradient from it.
+_KEEP_GRADIENT_BYTES = 16 << 20
 
 
 class _PlainCrossEntropy(torch.autograd.Function):
@@ -374,7 +375,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         input, target, weight = _autocast(input), _autocast(target), _autocast(weight)
     if _transforms_active():
         return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)[0]
-    keep_grad = (reduction != "none" and input.numel() <= _KEEP_GRADIENT_MAX
+    keep_grad = (reduction != "none" and input.nbytes <= _KEEP_GRADIENT_BYTES
                  and input.requires_grad and not target.requires_grad and torch.is_grad_enabled())
     return _c_apply[_PlainCrossEntropy](_unwrap(input), _unwrap(target), weight, ignore_index,
                                         reduction, label_smoothing, keep_grad)
