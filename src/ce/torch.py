@@ -1,16 +1,17 @@
 """PyTorch adapter: ``F.cross_entropy`` and ``nn.CrossEntropyLoss`` on ce's kernels.
 
-A ``torch.autograd.Function`` over CPU tensors, zero-copy through NumPy. The
-forward saves the per-example log-sum-exp (O(N)); PyTorch's own saves the
-log-softmax (O(N*C)). The backward recomputes the softmax from the logits and
-that lse in one pass. Tensors on other devices go to ``F.cross_entropy``.
+``torch.autograd.Function``s over CPU tensors, zero-copy through NumPy. The common
+call (no ``torch.func`` transform active) goes to ``_PlainCrossEntropy`` through the C
+``apply`` (``Function.apply`` would first bind the arguments with ``inspect.signature``,
+which costs more than the kernels at small sizes). Its forward keeps, for the
+backward, either the fused gradient (inputs up to 16 MiB: one pass over the logits) or
+only the per-example log-sum-exp (O(N); PyTorch's own keeps the O(N*C) log-softmax),
+from which the backward computes the gradient in one pass.
 
-The Function has ``setup_context`` and a ``vmap`` rule, so ``torch.func.grad``,
-``torch.func.vmap`` and their compositions work; its backward is a Function of
-its own (with a vmap rule) for the same reason. Outside any ``torch.func``
-transform the call goes straight to the C ``apply``: ``Function.apply`` would
-first bind the arguments with ``inspect.signature``, which costs more than the
-kernels at small sizes.
+Under ``torch.func`` the same computation is ``_CrossEntropy``, with ``setup_context``
+and a ``vmap`` rule, whose backward is a Function of its own (``_CrossEntropyGrad``,
+with a ``vmap`` rule too), so that grad, vmap and their compositions work. Tensors on
+other devices go to ``F.cross_entropy``.
 
 Importing ``ce`` does not import this module (nor torch); ``import ce.torch`` does.
 """
@@ -49,8 +50,8 @@ def _np(t):
 
 
 def _tensor(a, dtype):
-    """Zero-copy tensor of a NumPy array or scalar of the result of logits of `dtype`
-    (bfloat16 back through int16; without ml_dtypes it was computed in float32)."""
+    """Zero-copy tensor of a result (NumPy array or scalar) for logits of `dtype`
+    (bfloat16 back through int16; without ml_dtypes it was computed in float32: cast)."""
     if dtype is torch.bfloat16 and _BF16 is not None:
         return torch.from_numpy(np.asarray(a).view(np.int16)).view(torch.bfloat16)
     t = torch.from_numpy(np.asarray(a))
@@ -58,6 +59,7 @@ def _tensor(a, dtype):
 
 
 def _arrays(input, target, weight):
+    """The NumPy views a Call is built from."""
     return _np(input), _np(target), _np(weight)
 
 
