@@ -115,14 +115,18 @@ def test_module_is_a_drop_in():
 
 
 def test_saves_only_per_example_lse():
-    x, t, _ = _inputs(torch.float32, shape=(64, 100))
+    x, t, _ = _inputs(torch.float32, shape=(2049, 2048))  # above 16 MiB: the lse only
     x.requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda s: (saved.append(s), s)[1], lambda s: s):
         loss = ct.cross_entropy(x, t)
     inputs = {x.untyped_storage().data_ptr(), t.untyped_storage().data_ptr()}
     new = [s for s in saved if s.untyped_storage().data_ptr() not in inputs]
-    assert [tuple(s.shape) for s in new] == [(64,)]  # the lse, nothing of size N x C
+    assert all(s.numel() <= 2049 for s in new), [s.shape for s in new]  # nothing of size N x C
+    held = [a for a in loss.grad_fn.kept if isinstance(a, np.ndarray)]   # beside the inputs' views
+    assert [a.shape for a in held] == [(2049,)], [a.shape for a in held]  # the lse
+    small = ct.cross_entropy(x[:64, :100].detach().requires_grad_(), t[:64] % 100)
+    assert small.grad_fn.kept[4].shape == (64, 100)   # small: the fused gradient is kept
     loss.backward()
     torch.testing.assert_close(x.grad, torch.func.grad(F.cross_entropy)(x.detach(), t))
 
@@ -155,6 +159,8 @@ def test_errors():
     t[2] = C
     with pytest.raises(ValueError, match="label"):
         ct.cross_entropy(x, t)
+    err = _raises_like_torch(lambda: ct.cross_entropy(x, t), lambda: F.cross_entropy(x, t))
+    assert isinstance(err, IndexError) and "position (2,)" in str(err)  # PyTorch's type, ce's message
     with pytest.raises(ValueError, match="label_smoothing"):
         ct.cross_entropy(x, t.clamp(0, C - 1), label_smoothing=-0.1)
     x.requires_grad_()
@@ -181,3 +187,83 @@ def test_numpy_zero_copy_forward():
     assert peak < x.numel() * x.element_size() // 4, peak
     np.testing.assert_allclose(ct.cross_entropy(x, t).item(),
                                F.cross_entropy(x.double(), t).item(), rtol=1e-6)
+
+
+def _raises_like_torch(call_ours, call_theirs):
+    """Both raise, and ce.torch the exception type PyTorch raises."""
+    with pytest.raises(Exception) as theirs:
+        call_theirs()
+    with pytest.raises(type(theirs.value)) as ours:
+        call_ours()
+    return ours.value
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.bool])
+def test_index_dtypes_as_torch(dtype):
+    """PyTorch takes class indices of int64 or uint8 only; so does ce.torch."""
+    x, t, _ = _inputs(torch.float32, ignore=False)
+    err = _raises_like_torch(lambda: ct.cross_entropy(x, t.to(dtype)),
+                             lambda: F.cross_entropy(x, t.to(dtype)))
+    assert isinstance(err, RuntimeError) and "int64" in str(err)
+    torch.testing.assert_close(ct.cross_entropy(x, t.to(torch.uint8)),
+                               F.cross_entropy(x, t.to(torch.uint8)))
+
+
+def test_probability_target_errors_as_torch():
+    x, p, _ = _inputs(torch.float32, kind="probs")
+    for ignore in (0, 3):   # a non-negative ignore_index cannot apply to probabilities
+        err = _raises_like_torch(lambda: ct.cross_entropy(x, p, ignore_index=ignore),
+                                 lambda: F.cross_entropy(x, p, ignore_index=ignore))
+        assert isinstance(err, RuntimeError) and "ignore_index" in str(err)
+    # a negative one is accepted and unused, as in PyTorch
+    torch.testing.assert_close(ct.cross_entropy(x, p, ignore_index=-1),
+                               F.cross_entropy(x, p, ignore_index=-1))
+    for dtype in (torch.int64, torch.int32, torch.bool):   # integers of the input's shape
+        err = _raises_like_torch(lambda: ct.cross_entropy(x, p.to(dtype)),
+                                 lambda: F.cross_entropy(x, p.to(dtype)))
+        assert isinstance(err, RuntimeError) and "floating point" in str(err)
+    # a float target of the per-example shape is not class indices
+    _raises_like_torch(lambda: ct.cross_entropy(x, p[:, 0]), lambda: F.cross_entropy(x, p[:, 0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_autocast_result_dtype_as_torch(dtype, kind):
+    """CPU autocast runs cross_entropy in float32 (its float32 list): the loss is float32
+    for half inputs, float64 stays float64; the gradient keeps the input's dtype."""
+    x, t, w = _inputs(torch.float32, kind=kind, ignore=False)
+    x = x.to(dtype)
+    t = t.to(dtype) if kind == "probs" else t
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = ct.cross_entropy(xs[0], t, weight=w.to(dtype), label_smoothing=0.1)
+        theirs = F.cross_entropy(xs[1], t, weight=w.to(dtype), label_smoothing=0.1)
+    assert ours.dtype == theirs.dtype
+    torch.testing.assert_close(ours, theirs)
+    ours.backward()
+    theirs.backward()
+    assert xs[0].grad.dtype == xs[1].grad.dtype == dtype
+    torch.testing.assert_close(xs[0].grad, xs[1].grad)
+
+
+@pytest.mark.parametrize("shape", [(N, C), (1025, 2048)], ids=["gradient-kept", "lse-kept"])
+def test_backward_variants(shape):
+    """Both forwards (small: the fused gradient kept for the backward; large: the lse):
+    a scaled upstream gradient, a retained graph run twice, no_grad, in-place edits."""
+    x, t, _ = _inputs(torch.float64, shape=shape)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    ours, theirs = ct.cross_entropy(xs[0], t), F.cross_entropy(xs[1], t)
+    for _ in range(2):   # retain_graph: the second backward recomputes
+        (3 * ours).backward(retain_graph=True)
+        (3 * theirs).backward(retain_graph=True)
+        torch.testing.assert_close(xs[0].grad, xs[1].grad)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad)
+    with torch.no_grad():
+        torch.testing.assert_close(ct.cross_entropy(xs[0], t), F.cross_entropy(xs[1], t))
+    loss = ct.cross_entropy(xs[0], t, reduction="sum")
+    with torch.no_grad():
+        xs[0].mul_(2)   # changed after the forward: PyTorch's saved-tensor check
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -347,19 +347,24 @@ def sample_weights(sample_weight, rest):
 def _real_array(a, name, allow_bool=False):
     a = as_array(a, name)
     kinds = "fiub" if allow_bool else "fiu"
-    if a.dtype.kind not in kinds:
+    if a.dtype.kind not in kinds and not is_bfloat16(a.dtype):
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
     return a
 
 
+class LabelError(ValueError, IndexError):
+    """A class index outside [0, C): the ValueError of ce's contract, and also the
+    IndexError PyTorch raises for it (as NumPy's AxisError is both)."""
+
+
 def bad_label(labels, bad, rest, n_classes, ignore_index, name="target",
               ignore_name="ignore_index", offset=0):
-    """The ValueError for labels[bad], at flat position offset + bad of the
+    """The LabelError (a ValueError) for labels[bad], at flat position offset + bad of the
     per-example shape `rest` (offset: where a chunk's labels start). ignore_index
     None: the caller's API has none, so the message does not mention it."""
     pos = tuple(int(i) for i in np.unravel_index(offset + bad, rest)) if rest else ()
     ignored = "" if ignore_index is None else f" and not {ignore_name}={ignore_index}"
-    return ValueError(f"{name} has label {int(labels[bad])} at position {pos}, outside "
+    return LabelError(f"{name} has label {int(labels[bad])} at position {pos}, outside "
                       f"[0, {n_classes}){ignored}")
 
 
@@ -378,7 +383,7 @@ def upstream_grad(grad_output, reduction, rest):
         go = np.asarray(grad_output)
     except Exception as exc:
         raise TypeError(f"grad_output must be a real number or array: {exc}") from exc
-    if go.dtype.kind not in "fiub":
+    if go.dtype.kind not in "fiub" and not is_bfloat16(go.dtype):
         raise TypeError(f"grad_output must be real, got dtype {go.dtype}")
     if reduction != "none":
         if go.ndim != 0:
@@ -446,3 +451,20 @@ def output_for(p, out, name="out"):
     # other than element for element: computed aside, then copied into out
     g, view = new_output(p, x.dtype)
     return out, view, g
+
+
+def check_peer_target(dense, floating, dtype, index_dtypes, ignore_index, error):
+    """A peer's target rules, stricter than ce's own (ce.torch raises what PyTorch
+    raises, `error`): a target of the logits' shape (`dense`) holds probabilities,
+    must be floating, and takes no ignore_index >= 0 (none of its rows can be
+    ignored); class indices must have one of `index_dtypes`."""
+    if dense:
+        if not floating:
+            raise error(f"target of the input's shape holds class probabilities and must be "
+                        f"floating point, got {dtype}")
+        if ignore_index >= 0:
+            raise error(f"ignore_index={ignore_index} applies to class-index targets only; a "
+                        f"target of class probabilities has no rows to ignore")
+    elif dtype not in index_dtypes:
+        raise error(f"target of class indices must have dtype "
+                    f"{' or '.join(str(d) for d in index_dtypes)}, got {dtype}")
