@@ -47,8 +47,8 @@ run_clang() {
     build clang CC=clang
     local so=("$WORK/clang/pkg/ce/"_kernels*.so)
     # the extension must use LLVM's OpenMP runtime, not libgomp
-    readelf -d "${so[0]}" | grep -q 'libomp\.so' || { echo "clang build: not linked to libomp"; readelf -d "${so[0]}"; return 1; }
-    readelf -p .comment "${so[0]}" | grep -qi clang || { echo "clang build: not compiled by clang"; return 1; }
+    readelf -d "${so[0]}" | grep 'libomp\.so' >/dev/null || { echo "clang build: not linked to libomp"; readelf -d "${so[0]}"; return 1; }
+    readelf -p .comment "${so[0]}" | grep -i clang >/dev/null || { echo "clang build: not compiled by clang"; return 1; }
     PYTHONPATH="$WORK/clang/pkg" python -c "import ce; ce.show_config()"
     PYTHONPATH="$WORK/clang/pkg" core_tests python
 }
@@ -65,7 +65,7 @@ print('simd', level)"
 
 run_aarch64() {
     apt_install gcc-aarch64-linux-gnu qemu-user-static
-    dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; APT_UPDATED=0; }
+    dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || { dpkg --add-architecture arm64; APT_UPDATED=0; }
     [ "$APT_UPDATED" = 1 ] || { apt-get update -q >/dev/null; APT_UPDATED=1; }
     local sys=$WORK/arm64/sysroot site=$WORK/arm64/site debs=$WORK/arm64/debs
     rm -rf "$WORK/arm64" && mkdir -p "$sys" "$site" "$debs"
@@ -93,7 +93,7 @@ run_aarch64() {
     for module in _kernels _exact; do  # the host's suffix on aarch64 objects: renamed
         so=$(ls "$WORK/aarch64/pkg/ce/"$module.*.so)
         mv "$so" "$WORK/aarch64/pkg/ce/$module.cpython-311-aarch64-linux-gnu.so"
-        readelf -h "$WORK/aarch64/pkg/ce/$module.cpython-311-aarch64-linux-gnu.so" | grep -q AArch64
+        readelf -h "$WORK/aarch64/pkg/ce/$module.cpython-311-aarch64-linux-gnu.so" | grep AArch64 >/dev/null
     done
     PYTHONPATH="$WORK/aarch64/pkg:$site" "${py[@]}" -c \
         "import platform, numpy, ce; print(platform.machine(), 'numpy', numpy.__version__); ce.show_config()"

@@ -57,7 +57,7 @@ SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fram
 # (ce cannot be imported yet without the ASan runtime preloaded: find the file instead)
 SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
 SO=$(ls "$SITE"/ce/_kernels*.so 2>/dev/null | head -1 || true)
-if [ -z "$SO" ] || ! ldd "$SO" | grep -q libasan; then
+if [ -z "$SO" ] || ! ldd "$SO" | grep libasan >/dev/null; then
     echo "sanitize.sh: the installed extension ($SO) is not linked against libasan" >&2
     exit 2
 fi
