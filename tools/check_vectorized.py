@@ -1,9 +1,14 @@
 """Fail when a kernel loop marked `#pragma omp simd` was not vectorized.
 
-Cythonizes src/ce/_kernels.pyx, compiles it with the shipping flags plus
--fopt-info-vec-optimized, and checks that the loop under every `omp simd`
-pragma in the C headers is reported vectorized for every target clone (the
-x86-64-v3 / v4 clones must use 32 / 64-byte vectors). Run from the repo root:
+Cythonizes src/ce/_kernels.pyx, compiles it with the shipping flags plus a
+dump of the vectorizer's successes per function, and checks that the loop
+under every `omp simd` pragma in the C headers is vectorized at every SIMD
+level: in some function built for x86-64 baseline, in one built for
+x86-64-v3 with 32-byte vectors and in one built for x86-64-v4 with 64-byte
+vectors (the CE_LEVELS entry points NAME_baseline / NAME_avx2 / NAME_avx512
+and target_clones' NAME.default / .arch_x86_64_v3 / .arch_x86_64_v4 clones).
+With CE_NO_DISPATCH in the environment only the one default build is checked.
+Run from the repo root:
     python tools/check_vectorized.py
 """
 import os
@@ -32,35 +37,67 @@ def simd_loops():
 
 
 def compile_report():
+    """The vectorizer's dump: ';; Function NAME (...)' headers, then its loops."""
     tmp = tempfile.mkdtemp()
     c_file = os.path.join(tmp, "_kernels.c")
+    dump = os.path.join(tmp, "vect.txt")
     subprocess.run([sys.executable, "-m", "cython", "-3", "-I", os.path.join(ROOT, "src"),
                     os.path.join(ROOT, "src/ce/_kernels.pyx"), "-o", c_file], check=True)
     cc = os.environ.get("CC", "gcc")
-    cmd = [cc, "-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fPIC",
+    defines = ["-DCE_NO_DISPATCH"] if "CE_NO_DISPATCH" in os.environ else []
+    cmd = [cc, "-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fPIC", *defines,
            "-I" + np.get_include(), "-I" + sysconfig.get_paths()["include"],
            "-I" + os.path.join(ROOT, "src/ce"), "-c", c_file, "-o", os.path.join(tmp, "k.o"),
-           "-fopt-info-vec-optimized"]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return res.stderr
+           "-fdump-tree-vect-optimized=" + dump]
+    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    with open(dump) as f:
+        return f.read()
+
+
+# the level a function was built for, from its name; the vector width it must reach
+LEVELS = {"avx512": 64, "avx2": 32, "baseline": None}
+
+
+def level_of(function):
+    if function.endswith("_avx512") or ".arch_x86_64_v4" in function:
+        return "avx512"
+    if function.endswith("_avx2") or ".arch_x86_64_v3" in function:
+        return "avx2"
+    return "baseline"
+
+
+def vectorized_loops(report):
+    """{(header, line): {level: set of vector widths in bytes}}"""
+    found = {}
+    level = "baseline"
+    for line in report.splitlines():
+        head = re.match(r";; Function (\S+)", line)
+        if head:
+            level = level_of(head.group(1))
+            continue
+        m = re.match(r"([\w/.-]*_ce_\w+\.h):(\d+):\d+: optimized: loop vectorized using (\d+) byte", line)
+        if m:
+            key = ("src/ce/" + os.path.basename(m.group(1)), int(m.group(2)))
+            found.setdefault(key, {}).setdefault(level, set()).add(int(m.group(3)))
+    return found
 
 
 def main():
-    report = compile_report()
-    vectorized = {}
-    for m in re.finditer(r"([\w/.-]*_ce_\w+\.h):(\d+):\d+: optimized: loop vectorized using (\d+) byte", report):
-        key = ("src/ce/" + os.path.basename(m.group(1)), int(m.group(2)))
-        vectorized.setdefault(key, set()).add(int(m.group(3)))
+    found = vectorized_loops(compile_report())
+    levels = ["baseline"] if "CE_NO_DISPATCH" in os.environ else list(LEVELS)
     loops = simd_loops()
     bad = []
     for h, line in loops:
-        # gcc names the pragma's line, the for statement's or the first body line
-        widths = set().union(*(vectorized.get((h, line + d), set()) for d in range(4)))
-        if not widths:
-            bad.append(f"{h}:{line}: not vectorized")
-        elif "CE_NO_DISPATCH" not in os.environ and not {32, 64} <= widths:
-            bad.append(f"{h}:{line}: vectorized only with {sorted(widths)}-byte vectors")
-    print(f"{len(loops) - len(bad)} of {len(loops)} omp simd loops vectorized (16/32/64-byte clones)")
+        for level in levels:
+            # gcc names the pragma's line, the for statement's or the first body line
+            widths = set().union(*(found.get((h, line + d), {}).get(level, set()) for d in range(4)))
+            need = LEVELS[level]
+            if not widths:
+                bad.append(f"{h}:{line}: not vectorized at {level}")
+            elif need is not None and need not in widths:
+                bad.append(f"{h}:{line}: at {level} only with {sorted(widths)}-byte vectors")
+    print(f"{len(loops) * len(levels) - len(bad)} of {len(loops) * len(levels)} (omp simd loop, "
+          f"SIMD level) pairs vectorized; {len(loops)} loops, levels: {', '.join(levels)}")
     for b in bad:
         print("  " + b)
     return 1 if bad else 0
