@@ -129,11 +129,10 @@ def test_reference_at_every_threshold(level, dtype, c):
             check_against_reference(xl, yl, tl, axis, dtype, f"{level}, C={c}, {name}")
 
 
-def outputs(x, y, t, axis, n_threads):
+def outputs(x, y, t, axis, n_threads, saved_lse):
     """Every kernel output of one problem, as arrays (for bitwise and ulp comparisons); the
-    gradient from a saved lse gets the reference's, the same for every build."""
+    gradient from a saved lse gets `saved_lse`, the same for every build."""
     kw = dict(axis=axis, n_threads=n_threads)
-    saved_lse = ref_lse(x, axis=axis)
     loss, grad, lse = ce.cross_entropy_with_grad(x, y, return_lse=True, **kw)
     dloss, dgrad = ce.cross_entropy_with_grad(x, t, reduction="none", **kw)
     return {
@@ -150,7 +149,7 @@ def threaded_problem(c, dtype, seed):
     """At least two blocks and enough logits for the parallel path, with the class axis last
     and not last."""
     rng = np.random.default_rng(seed)
-    n = max(2, -(-2 * SIZES["PARALLEL_MIN_ELEMENTS"] // c))
+    n = max(2, -(-(SIZES["PARALLEL_MIN_ELEMENTS"] + 1) // c))
     x = (rng.standard_normal((n, c)) * 3.0).astype(dtype)
     y = rng.integers(0, c, n)
     y[rng.random(n) < 0.2] = IGNORE
@@ -171,7 +170,8 @@ def test_same_bits_for_any_thread_count(level, dtype):
     with simd(level):
         for c in CLASS_COUNTS:
             for name, x, y, t, axis in threaded_problem(c, dtype, seed_of("threads", c)):
-                one, two = outputs(x, y, t, axis, 1), outputs(x, y, t, axis, 2)
+                lse = ref_lse(x, axis=axis)
+                one, two = outputs(x, y, t, axis, 1, lse), outputs(x, y, t, axis, 2, lse)
                 for key in one:
                     np.testing.assert_array_equal(one[key], two[key],
                                                   err_msg=f"{level}, C={c}, {name}: {key}")
@@ -180,7 +180,8 @@ def test_same_bits_for_any_thread_count(level, dtype):
             x = rng.standard_normal((n, c)).astype(dtype)
             y = rng.integers(0, c, n)
             t = rng.random((n, c)).astype(dtype)
-            one, two = outputs(x, y, t, -1, 1), outputs(x, y, t, -1, 2)
+            lse = ref_lse(x)
+            one, two = outputs(x, y, t, -1, 1, lse), outputs(x, y, t, -1, 2, lse)
             for key in one:
                 np.testing.assert_array_equal(one[key], two[key], err_msg=f"{level}, {n} x {c}: {key}")
 
@@ -200,10 +201,10 @@ def test_levels_agree_within_a_few_ulp(dtype):
     """The builds differ only in FMA contraction and in the order of vector reductions."""
     for c in CLASS_COUNTS:
         x, y, t = problem(c, dtype, seed_of("agree", c))
-        results = {}
+        results, lse = {}, ref_lse(x)
         for level in LEVELS:
             with simd(level):
-                results[level] = outputs(x, y, t, -1, 1)
+                results[level] = outputs(x, y, t, -1, 1, lse)
         base = results[LEVELS[0]]
         lse = np.abs(base["lse"]) + np.abs(x).max(axis=1)
         # losses and log-probabilities are differences of terms of the size of the lse and
