@@ -40,16 +40,15 @@ def test_wide_rows_and_cold_tables():
     for r in wide:
         for mode in ("forward", "fused"):
             assert r[mode]["speedup"] == pytest.approx(r[mode]["1"] / r[mode]["2"])
-    flush = _bench.cache_flusher(1 << 20)
-    flush()
-    cold = _bench.interleaved_medians({"a": lambda: None}, 0.001, max_reps=5, flush=flush)[0]
-    assert set(cold) == {"a"}
+    cold = _bench.cold_runs([(4, 10)], 0.001, flush=_bench.cache_flusher(1 << 20))
+    assert [(r["n"], r["c"]) for r in cold] == [(4, 10)]
+    assert cold[0]["fused_bytes"] == cold[0]["forward_bytes"] + 4 * 10 * 4
     text = _bench_sweep.markdown([], wide, [{"n": 4, "c": 10, "forward": 1e-3, "fused": 2e-3,
                                              "forward_bytes": 1e6, "fused_bytes": 2e6}],
                                  {"read": 10.0, "copy": 10.0, "write": 10.0},
                                  {"cpu": "cpu", "threads": 2, "simd": "simd", "logits": 1,
                                   "llc_bytes": 1 << 25, "flush_bytes": 3 << 25})
-    assert "| 1 x 300 |" in text and "| 4 x 10 | 1.00 ms | 10% |" in text
+    assert "| 1 x 300 |" in text and "| 4 x 10 | 1.00 ms | 10% (1.0 GB/s) |" in text
 
 
 def test_the_flush_is_larger_than_the_last_level_cache():

@@ -101,23 +101,7 @@ def wide_rows(shapes=WIDE_SHAPES, dtype=np.float32, budget_s=1.0, log=print):
 
 def cold(classes=COLD_CLASS_COUNTS, logits=COLD_LOGITS, budget_s=3.0, log=print):
     """ce on arrays of `logits` float32 logits, every call after a flush of the caches."""
-    flush = _bench.cache_flusher()
-    out = []
-    for c in classes:
-        n = max(1, logits // c)
-        x, y = _bench.make_data(n, c, np.float32)
-        g = np.empty_like(x)
-        fwd = (lambda: ce.cross_entropy(x, y))
-        fused = (lambda: ce.cross_entropy_with_grad(x, y, out=g))
-        med, _ = _bench.interleaved_medians({"forward": fwd, "fused": fused}, budget_s,
-                                            min_reps=5, max_reps=30, flush=flush)
-        read = x.nbytes + y.nbytes
-        out.append({"n": n, "c": c, "forward": med["forward"], "fused": med["fused"],
-                    "forward_bytes": read, "fused_bytes": read + x.nbytes})
-        log(f"cold {n} x {c}: forward {_bench.fmt_time(med['forward'])}, "
-            f"fused {_bench.fmt_time(med['fused'])}")
-        del x, y, g
-    return out
+    return _bench.cold_runs([(max(1, logits // c), c) for c in classes], budget_s, log)
 
 
 def markdown(rows, wide, cold_rows, bw, info):
@@ -153,14 +137,7 @@ def markdown(rows, wide, cold_rows, bw, info):
         lines += [f"Cold cache (ce, float32, {_bench.fmt_bytes(info['flush_bytes'])} read before "
                   f"every call; last-level cache {_bench.fmt_bytes(info['llc_bytes'])}); bandwidth "
                   f"probe: read {bw['read']:.1f} GB/s, copy {bw['copy']:.1f} GB/s (read+write).", "",
-                  "| N x C | forward | % of read bandwidth | fused | % of copy bandwidth |",
-                  "|---|---:|---:|---:|---:|"]
-        for r in cold_rows:
-            fr = r["forward_bytes"] / r["forward"] / 1e9
-            fu = r["fused_bytes"] / r["fused"] / 1e9
-            lines.append(f"| {r['n']} x {r['c']} | {_bench.fmt_time(r['forward'])} | "
-                         f"{100 * fr / bw['read']:.0f}% | {_bench.fmt_time(r['fused'])} | "
-                         f"{100 * fu / bw['copy']:.0f}% |")
+                  ] + _bench.cold_table(cold_rows, bw)
     return "\n".join(lines).rstrip() + "\n"
 
 
