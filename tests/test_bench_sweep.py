@@ -82,3 +82,15 @@ def test_command_line_writes_json_and_markdown(tmp_path, capsys):
     assert data["wide"] == [] and data["cold"] == []
     assert md.read_text().startswith("Machine:")
     assert "ce bench --sweep on" in capsys.readouterr().out
+
+
+def test_the_plain_bench_table_keeps_its_cold_rows():
+    results, cold_rows = _bench.run([(4, 10)], [np.float32], 0.001, {"ce"}, cold=False)
+    assert cold_rows == [] and results[0]["forward"]["ce"] > 0
+    bw = {"read": 10.0, "copy": 10.0, "write": 10.0}
+    info = {"cpu": "cpu", "threads": 2, "simd": "simd"}
+    cold = [{"n": 4, "c": 10, "forward": 1e-3, "fused": 2e-3, "forward_bytes": 1e6,
+             "fused_bytes": 2e6}]
+    text = _bench.markdown(results, cold, bw, info)
+    assert "| 4 x 10 | 1.00 ms | 10% (1.0 GB/s) | 2.00 ms | 10% (1.0 GB/s) |" in text
+    assert "3x the last-level cache" in text

@@ -24,15 +24,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h"]
 
 
+# Loops gcc 12 leaves scalar in the baseline (SSE2) build, by enclosing function: the argmax
+# selects (an index and a value chosen by one compare) stay branches without SSE4.1 blends.
+# A loop listed here must still vectorize at AVX2 and AVX-512; a new baseline miss fails.
+KNOWN_BASELINE_MISSES = {
+    "ce_lane_max_full": "argmax select: control flow in loop at SSE2",
+    "ce_cols_max": "argmax select: control flow in loop at SSE2",
+}
+
+
+def enclosing_function(lines, i):
+    """The name of the C function whose body holds line i (CE_FN(name) unwrapped)."""
+    for j in range(i, -1, -1):
+        line = lines[j]
+        if line[:1].isalpha() and "(" in line and not line.startswith(("typedef", "#")):
+            m = re.search(r"CE_FN\((\w+)\)\s*\(", line) or re.search(r"(\w+)\s*\(", line)
+            return m.group(1) if m else ""
+    return ""
+
+
 def simd_loops():
-    """(header, line of the for statement) under each omp simd pragma."""
+    """(header, line of the for statement, enclosing function) under each omp simd pragma."""
     loops = []
     for h in HEADERS:
         with open(os.path.join(ROOT, h)) as f:
             lines = f.read().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("#pragma omp simd"):
-                loops.append((h, i + 1))  # 1-based
+                loops.append((h, i + 1, enclosing_function(lines, i)))  # 1-based
     return loops
 
 
@@ -86,18 +105,23 @@ def main():
     found = vectorized_loops(compile_report())
     levels = ["baseline"] if "CE_NO_DISPATCH" in os.environ else list(LEVELS)
     loops = simd_loops()
-    bad = []
-    for h, line in loops:
+    bad, known = [], []
+    for h, line, function in loops:
         for level in levels:
             # gcc names the pragma's line, the for statement's or the first body line
             widths = set().union(*(found.get((h, line + d), {}).get(level, set()) for d in range(4)))
             need = LEVELS[level]
-            if not widths:
-                bad.append(f"{h}:{line}: not vectorized at {level}")
+            if not widths and level == "baseline" and function in KNOWN_BASELINE_MISSES:
+                known.append(f"{h}:{line} ({function}): {KNOWN_BASELINE_MISSES[function]}")
+            elif not widths:
+                bad.append(f"{h}:{line} ({function}): not vectorized at {level}")
             elif need is not None and need not in widths:
-                bad.append(f"{h}:{line}: at {level} only with {sorted(widths)}-byte vectors")
-    print(f"{len(loops) * len(levels) - len(bad)} of {len(loops) * len(levels)} (omp simd loop, "
-          f"SIMD level) pairs vectorized; {len(loops)} loops, levels: {', '.join(levels)}")
+                bad.append(f"{h}:{line} ({function}): at {level} only with {sorted(widths)}-byte vectors")
+    pairs = len(loops) * len(levels)
+    print(f"{pairs - len(bad) - len(known)} of {pairs} (omp simd loop, SIMD level) pairs "
+          f"vectorized; {len(loops)} loops, levels: {', '.join(levels)}")
+    for k in known:
+        print("  known, baseline only: " + k)
     for b in bad:
         print("  " + b)
     return 1 if bad else 0

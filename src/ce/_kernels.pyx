@@ -130,11 +130,14 @@ def simd_levels():
 
 def _set_simd(level):
     """Run the kernels at `level` ("baseline", "avx2", "avx512"; None or "auto":
-    the best this CPU has) from now on; returns the previous level's name.
+    the best this CPU has) from now on; returns the previous setting (None when
+    it was the automatic choice), so that _set_simd(previous) restores it.
     Raises ValueError for another name and RuntimeError when this CPU or build
     lacks the level. For tests and benchmarks: not while a ce call is running."""
     cdef int code = -1
-    previous = [name for name, c in SIMD_LEVELS.items() if c == ce_simd_now()][0]
+    previous = None
+    if ce_simd_forced:
+        previous = [name for name, c in SIMD_LEVELS.items() if c == ce_simd_now()][0]
     if level is not None and level != "auto":
         if level not in SIMD_LEVELS:
             raise ValueError(f"ce: unknown SIMD level {level!r} (one of auto, "
