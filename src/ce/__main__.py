@@ -8,8 +8,8 @@ commands:
   score   loss, perplexity and top-k accuracy of logits against labels (.npy, .npz,
           directories of shards), streamed in bounded memory; with no files, a
           built-in example                        python -m ce score --help
-  bench   time ce against NumPy, PyTorch and JAX on this machine (--quick: about 2 minutes)
-                                                  python -m ce bench --help
+  bench   time ce against NumPy, PyTorch and JAX on this machine (--quick: about 2 minutes;
+          --sweep: ns per logit for C from 2 to 262144)  python -m ce bench --help
 """
 
 

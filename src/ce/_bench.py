@@ -7,6 +7,7 @@ machine's read and copy bandwidth, and cold-cache runs (a large buffer is read
 between calls) report ce's share of it.
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -142,6 +143,50 @@ def bandwidth(n_threads=0, size_bytes=1 << 30, reps=5):
     return out
 
 
+def last_level_cache_bytes():
+    """Size of the largest data cache, from Linux's sysfs (or getconf's LEVEL3_CACHE_SIZE);
+    None when the OS does not say."""
+    best = 0
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(os.path.join(d, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(d, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        digits = text[:-1] if scale > 1 else text
+        if digits.isdigit():
+            best = max(best, int(digits) * scale)
+    if not best:
+        try:
+            best = max(0, os.sysconf("SC_LEVEL3_CACHE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            best = 0
+    return best or None
+
+
+def flush_bytes():
+    """A cold-cache flush: 3x the last-level cache, at least 64 MiB (1 GiB when unknown)."""
+    llc = last_level_cache_bytes()
+    return max(3 * llc, 64 << 20) if llc else 1 << 30
+
+
+def fmt_bytes(n):
+    return f"{n / (1 << 20):.0f} MiB" if n else "unknown"
+
+
+def cache_flusher(size_bytes=None):
+    """A function that reads a buffer larger than the last-level cache (all threads)."""
+    buf = np.ones((size_bytes or flush_bytes()) // 8)
+
+    def flush():
+        _kernels.probe_bandwidth("read", buf, buf, 0)
+    return flush
+
+
 def make_data(n, c, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c), dtype=np.float32).astype(dtype, copy=False)
@@ -168,21 +213,42 @@ def run(shapes, dtypes, budget_s, peers, cold, log=print):
                 row[which + "_reps"] = reps
             results.append(row)
             log(format_row(row))
-    cold_rows = []
-    if cold:
-        flush_buf = np.ones(1 << 26)  # 512 MB: larger than any cache here
-        def flush():
-            _kernels.probe_bandwidth("read", flush_buf, flush_buf, 0)
-        for n, c in COLD_SHAPES:
-            x, y = make_data(n, c, np.float32)
-            fwd, fused = ce_impl(x, y)
-            med, _ = interleaved_medians({"forward": fwd, "fused": fused}, budget_s * 3,
-                                         min_reps=5, max_reps=30, flush=flush)
-            read_bytes = x.nbytes + y.nbytes
-            cold_rows.append({"n": n, "c": c, "forward": med["forward"], "fused": med["fused"],
-                              "forward_bytes": read_bytes,
-                              "fused_bytes": read_bytes + x.nbytes})
+    cold_rows = cold_runs(COLD_SHAPES, budget_s * 3) if cold else []
     return results, cold_rows
+
+
+def cold_runs(shapes, budget_s, log=None, flush=None):
+    """ce on float32 (n, c) problems, every call after a flush of the caches (`flush`, by
+    default a read of 3x the last-level cache); the fused call writes into one preallocated
+    gradient (out=), so no page faults are timed."""
+    flush = flush or cache_flusher()
+    rows = []
+    for n, c in shapes:
+        x, y = make_data(n, c, np.float32)
+        g = np.empty_like(x)
+        calls = {"forward": (lambda: ce.cross_entropy(x, y)),
+                 "fused": (lambda: ce.cross_entropy_with_grad(x, y, out=g))}
+        med, _ = interleaved_medians(calls, budget_s, min_reps=5, max_reps=30, flush=flush)
+        read_bytes = x.nbytes + y.nbytes
+        rows.append({"n": n, "c": c, "forward": med["forward"], "fused": med["fused"],
+                     "forward_bytes": read_bytes, "fused_bytes": read_bytes + x.nbytes})
+        if log:
+            log(f"cold {n} x {c}: forward {fmt_time(med['forward'])}, fused {fmt_time(med['fused'])}")
+        del x, y, g
+    return rows
+
+
+def cold_table(cold_rows, bw):
+    """Markdown lines: the cold runs' time and share of the probed bandwidth."""
+    lines = ["| N x C | forward | % of read bandwidth | fused | % of copy bandwidth |",
+             "|---|---:|---:|---:|---:|"]
+    for r in cold_rows:
+        fr = r["forward_bytes"] / r["forward"] / 1e9
+        fu = r["fused_bytes"] / r["fused"] / 1e9
+        lines.append(f"| {r['n']} x {r['c']} | {fmt_time(r['forward'])} | "
+                     f"{100 * fr / bw['read']:.0f}% ({fr:.1f} GB/s) | {fmt_time(r['fused'])} | "
+                     f"{100 * fu / bw['copy']:.0f}% ({fu:.1f} GB/s) |")
+    return lines
 
 
 def format_row(row):
@@ -226,15 +292,8 @@ def markdown(results, cold_rows, bw, info):
                 cells.append(f"{fmt_time(med[k])} ({med[k] / base:.1f}x)" if k in med else "-")
         lines.append(f"| {r['dtype']} | {r['n']} x {r['c']} | " + " | ".join(cells) + " |")
     if cold_rows:
-        lines += ["", "Cold cache (float32, a 512 MB buffer read before every call):", "",
-                  "| N x C | forward | % of read bandwidth | fused | % of copy bandwidth |",
-                  "|---|---:|---:|---:|---:|"]
-        for r in cold_rows:
-            fr = r["forward_bytes"] / r["forward"] / 1e9
-            fu = r["fused_bytes"] / r["fused"] / 1e9
-            lines.append(f"| {r['n']} x {r['c']} | {fmt_time(r['forward'])} | "
-                         f"{100 * fr / bw['read']:.0f}% ({fr:.1f} GB/s) | {fmt_time(r['fused'])} | "
-                         f"{100 * fu / bw['copy']:.0f}% ({fu:.1f} GB/s) |")
+        lines += ["", f"Cold cache (float32, {fmt_bytes(flush_bytes())} read before every call, "
+                  f"3x the last-level cache):", ""] + cold_table(cold_rows, bw)
     return "\n".join(lines)
 
 
@@ -374,6 +433,9 @@ def main(argv=None):
     if "--linear" in (sys.argv[1:] if argv is None else argv):  # linear cross-entropy: its own bench
         from ._bench_linear import main as linear_main
         return linear_main(argv)
+    if "--sweep" in (sys.argv[1:] if argv is None else argv):  # ns per logit against C: its own bench
+        from ._bench_sweep import main as sweep_main
+        return sweep_main(argv)
     ap = argparse.ArgumentParser(prog="python -m ce bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="about 2 minutes: fewer shapes, float32 only")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -384,6 +446,8 @@ def main(argv=None):
     ap.add_argument("--overhead", action="store_true",
                     help="only the per-call overhead table (float32, every option; single thread "
                          "recommended: OMP_NUM_THREADS=1)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="ns per logit for C from 2 to 262144 at 2^21 logits (see --sweep --help)")
     ap.add_argument("--linear", action="store_true",
                     help="ce.linear_cross_entropy against F.linear_cross_entropy instead (see --linear --help)")
     args = ap.parse_args(argv)

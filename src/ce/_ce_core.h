@@ -37,15 +37,17 @@ static inline int ce_have_openmp(void) { return 0; }
 #define CE_FTZ_OFF(saved) do { (void)saved; } while (0)
 #endif
 
-/* One binary runs on any x86-64 and still uses AVX-512 / AVX2+FMA: gcc builds
-   each block function three times and an ifunc picks one at load time. */
+/* One binary runs on any x86-64 and still uses AVX-512 / AVX2+FMA. */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) \
     && defined(__linux__) && !defined(CE_NO_DISPATCH)
-#define CE_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define CE_HAVE_DISPATCH 1
+/* gcc builds the function three times and an ifunc picks one at load time
+   (fixed for the process: entry points that tests must run at every level use
+   CE_LEVELS below instead) */
+#define CE_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
-#define CE_DISPATCH
 #define CE_HAVE_DISPATCH 0
+#define CE_DISPATCH
 #endif
 
 #if defined(__GNUC__)
@@ -53,6 +55,78 @@ static inline int ce_have_openmp(void) { return 0; }
 #else
 #define CE_INLINE static inline
 #endif
+
+/* ---- SIMD levels chosen at run time ----
+ * An entry point (a block function: called once per block of rows, so a switch
+ * costs nothing) is written as an always-inline body NAME_body, and
+ * CE_LEVELS(ret, NAME, (params), (args)) defines NAME_avx512 / NAME_avx2 /
+ * NAME_baseline, each with the body inlined and compiled for its level by a
+ * target attribute (what target_clones does, but with names), and NAME, which
+ * calls the active level's. The active level is the best the CPU has, unless
+ * ce_simd_set chose another (CE_SIMD at import, tests: every level the CPU
+ * has gets tested). Without dispatch there is one build, called "baseline". */
+enum ce_simd { CE_SIMD_BASELINE = 0, CE_SIMD_AVX2 = 1, CE_SIMD_AVX512 = 2 };
+
+static int ce_simd_supported(int level)
+{
+#if CE_HAVE_DISPATCH
+    __builtin_cpu_init();
+    if (level == CE_SIMD_AVX512)
+        return __builtin_cpu_supports("x86-64-v4");
+    if (level == CE_SIMD_AVX2)
+        return __builtin_cpu_supports("x86-64-v3");
+#endif
+    return level == CE_SIMD_BASELINE;
+}
+
+static int ce_simd_active = -1;   /* -1: not chosen yet (the best, on first use) */
+static int ce_simd_forced = 0;    /* chosen by ce_simd_set rather than by the CPU */
+
+static int ce_simd_now(void)
+{
+    int level = ce_simd_active;
+    if (level < 0) {
+        level = ce_simd_supported(CE_SIMD_AVX512) ? CE_SIMD_AVX512
+              : ce_simd_supported(CE_SIMD_AVX2) ? CE_SIMD_AVX2 : CE_SIMD_BASELINE;
+        ce_simd_active = level;
+    }
+    return level;
+}
+
+/* Run the CE_LEVELS entry points at `level` from now on (-1: the best the CPU
+   has). Returns 0, or -1 when the CPU or this build lacks it (nothing changed).
+   Not for use while another thread is inside a ce call. */
+static int ce_simd_set(int level)
+{
+    if (level >= 0 && !ce_simd_supported(level))
+        return -1;
+    ce_simd_active = level;
+    ce_simd_forced = level >= 0;
+    ce_simd_now();
+    return 0;
+}
+
+#if CE_HAVE_DISPATCH
+#define CE_LEVELS_(ret, name, params, args)                                          \
+    __attribute__((target("arch=x86-64-v4"))) static ret name##_avx512 params        \
+    { return name##_body args; }                                                     \
+    __attribute__((target("arch=x86-64-v3"))) static ret name##_avx2 params          \
+    { return name##_body args; }                                                     \
+    static ret name##_baseline params { return name##_body args; }                   \
+    ret name params                                                                  \
+    {                                                                                \
+        switch (ce_simd_now()) {                                                     \
+        case CE_SIMD_AVX512: return name##_avx512 args;                              \
+        case CE_SIMD_AVX2: return name##_avx2 args;                                  \
+        default: return name##_baseline args;                                        \
+        }                                                                            \
+    }
+#else
+#define CE_LEVELS_(ret, name, params, args) ret name params { return name##_body args; }
+#endif
+#define CE_LEVELS(ret, name, params, args) CE_LEVELS_(ret, name, params, args)
+#define CE_BODY_(name) name##_body
+#define CE_BODY(name) CE_BODY_(name)   /* the body's name for a macro-made NAME */
 
 #define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
 #define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (block_rows_for in _kernels.pyx caps blocks at it) */
@@ -275,9 +349,9 @@ CE_INLINE double ce_row_weight(const ce_problem *p, Py_ssize_t r, double w_y)
 /* Check labels (all in [0, C) or ignore_index) and add up the mean's
    denominator sum(sample_weight * weight[y]) in row order. Returns the first
    bad position, or -1. Serial: O(N) and it must run before any output. */
-CE_DISPATCH Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
-                                  int64_t ignore_index, const double *class_weight,
-                                  const double *row_weight, double *total, Py_ssize_t *count)
+CE_INLINE Py_ssize_t ce_check_labels_body(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
+                                          int64_t ignore_index, const double *class_weight,
+                                          const double *row_weight, double *total, Py_ssize_t *count)
 {
     double acc = 0.0;
     Py_ssize_t cnt = 0;
@@ -313,6 +387,10 @@ CE_DISPATCH Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_s
     *count = cnt;
     return -1;
 }
+CE_LEVELS(Py_ssize_t, ce_check_labels,
+          (const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes, int64_t ignore_index,
+           const double *class_weight, const double *row_weight, double *total, Py_ssize_t *count),
+          (labels, n, n_classes, ignore_index, class_weight, row_weight, total, count))
 
 #define CE_REAL float
 #define CE_SUFFIX f32
@@ -334,7 +412,7 @@ CE_DISPATCH Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_s
 
 /* ---- memory bandwidth probe, for the benchmark's percent-of-bandwidth ---- */
 
-CE_DISPATCH double ce_probe_read(const double *a, Py_ssize_t n)
+CE_INLINE double ce_probe_read_body(const double *a, Py_ssize_t n)
 {
     /* four independent sums so that the add latency never limits the reads */
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
@@ -350,23 +428,26 @@ CE_DISPATCH double ce_probe_read(const double *a, Py_ssize_t n)
         s0 += a[i];
     return (s0 + s1) + (s2 + s3);
 }
+CE_LEVELS(double, ce_probe_read, (const double *a, Py_ssize_t n), (a, n))
 
-CE_DISPATCH void ce_probe_write(double *a, Py_ssize_t n, double v)
+CE_INLINE int ce_probe_write_body(double *a, Py_ssize_t n, double v)
 {
 #pragma omp simd
     for (Py_ssize_t i = 0; i < n; i++)
         a[i] = v;
+    return 0;
 }
+CE_LEVELS(int, ce_probe_write, (double *a, Py_ssize_t n, double v), (a, n, v))
 
+/* the level the CE_LEVELS entry points run at, for show_config */
 static const char *ce_simd_level(void)
 {
 #if CE_HAVE_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4"))
-        return "x86-64-v4 (AVX-512)";
-    if (__builtin_cpu_supports("x86-64-v3"))
-        return "x86-64-v3 (AVX2+FMA)";
-    return "x86-64 baseline (SSE2)";
+    switch (ce_simd_now()) {
+    case CE_SIMD_AVX512: return "x86-64-v4 (AVX-512)";
+    case CE_SIMD_AVX2: return "x86-64-v3 (AVX2+FMA)";
+    default: return "x86-64 baseline (SSE2)";
+    }
 #else
     return "compiler default (no runtime dispatch)";
 #endif

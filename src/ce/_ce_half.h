@@ -105,7 +105,7 @@ static int ce_have_f16c(void)
         __builtin_cpu_init();
         have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
     }
-    return have && !ce_half_portable;
+    return have && !ce_half_portable && ce_simd_now() >= CE_SIMD_AVX2;   /* not at the forced baseline */
 }
 #endif
 
@@ -279,8 +279,10 @@ CE_INLINE int ce_block_half(ce_problem *p, Py_ssize_t b, const int bf)
     return status;
 }
 
-CE_DISPATCH int ce_block_f16(ce_problem *p, Py_ssize_t b) { return ce_block_half(p, b, 0); }
-CE_DISPATCH int ce_block_bf16(ce_problem *p, Py_ssize_t b) { return ce_block_half(p, b, 1); }
+CE_INLINE int ce_block_f16_body(ce_problem *p, Py_ssize_t b) { return ce_block_half(p, b, 0); }
+CE_INLINE int ce_block_bf16_body(ce_problem *p, Py_ssize_t b) { return ce_block_half(p, b, 1); }
+CE_LEVELS(int, ce_block_f16, (ce_problem *p, Py_ssize_t b), (p, b))
+CE_LEVELS(int, ce_block_bf16, (ce_problem *p, Py_ssize_t b), (p, b))
 
 /* The block function of the problem's dtype; returns its status. */
 CE_INLINE int ce_block_any(ce_problem *p, Py_ssize_t b)

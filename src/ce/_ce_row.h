@@ -801,7 +801,7 @@ CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_
    into block_loss[b]. Scratch tiles are used only for strided rows, a strided
    gradient or the soft cap. Returns 0, or -1 when the scratch tile could not be
    allocated (the block wrote nothing then). */
-CE_DISPATCH int CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
+CE_INLINE int CE_BODY(CE_FN(ce_block))(ce_problem *p, Py_ssize_t b)
 {
     unsigned int csr;
     CE_FTZ_ON(csr);
@@ -865,6 +865,7 @@ CE_DISPATCH int CE_FN(ce_block)(ce_problem *p, Py_ssize_t b)
     CE_FTZ_OFF(csr);
     return 0;
 }
+CE_LEVELS(int, CE_FN(ce_block), (ce_problem *p, Py_ssize_t b), (p, b))
 
 #undef CE_FN
 #undef CE_CAT

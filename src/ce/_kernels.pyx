@@ -56,8 +56,15 @@ cdef extern from "_ce_core.h" nogil:
     int ce_max_threads()
     int ce_have_openmp()
     const char *ce_simd_level()
+    int CE_SIMD_BASELINE, CE_SIMD_AVX2, CE_SIMD_AVX512
+    int ce_simd_supported(int level)
+    int ce_simd_set(int level)
+    int ce_simd_now()
+    int ce_simd_forced
+    # the kernels' fixed sizes (thresholds of the dispatch, for the tests)
+    enum: CE_TILE_MAX_C, CE_CHUNK, CE_TILE, CE_LANES, CE_HALF_TILE
     double ce_probe_read(const double *a, Py_ssize_t n)
-    void ce_probe_write(double *a, Py_ssize_t n, double v)
+    int ce_probe_write(double *a, Py_ssize_t n, double v)
     int ce_block_f32(ce_problem *p, Py_ssize_t b)
     int ce_block_f64(ce_problem *p, Py_ssize_t b)
     int CE_DTYPE_F32, CE_DTYPE_F64, CE_DTYPE_F16, CE_DTYPE_BF16
@@ -107,7 +114,55 @@ def have_openmp():
 
 
 def simd_level():
-    return ce_simd_level().decode()
+    """The SIMD level the kernels run at (and whether CE_SIMD / _set_simd chose it)."""
+    level = ce_simd_level().decode()
+    return level + " (set by CE_SIMD or _set_simd)" if ce_simd_forced else level
+
+
+# SIMD levels by name: the x86-64 builds of every block function. A build
+# without runtime dispatch (CE_NO_DISPATCH, clang, not x86-64) has only "baseline".
+SIMD_LEVELS = {"baseline": CE_SIMD_BASELINE, "avx2": CE_SIMD_AVX2, "avx512": CE_SIMD_AVX512}
+
+
+def simd_levels():
+    """The SIMD levels this CPU and build can run, lowest first."""
+    return [name for name, code in SIMD_LEVELS.items() if ce_simd_supported(code)]
+
+
+def _set_simd(level):
+    """Run the kernels at `level` ("baseline", "avx2", "avx512"; None or "auto":
+    the best this CPU has) from now on; returns the previous setting (None when
+    it was the automatic choice), so that _set_simd(previous) restores it.
+    Raises ValueError for another name and RuntimeError when this CPU or build
+    lacks the level. For tests and benchmarks: not while a ce call is running."""
+    cdef int code = -1
+    previous = None
+    if ce_simd_forced:
+        previous = [name for name, c in SIMD_LEVELS.items() if c == ce_simd_now()][0]
+    if level is not None and level != "auto":
+        if level not in SIMD_LEVELS:
+            raise ValueError(f"ce: unknown SIMD level {level!r} (one of auto, "
+                             f"{', '.join(SIMD_LEVELS)})")
+        code = SIMD_LEVELS[level]
+    if ce_simd_set(code) != 0:
+        raise RuntimeError(f"ce: SIMD level {level!r} is not available on this CPU / build "
+                           f"(available: {', '.join(simd_levels())})")
+    return previous
+
+
+def _thresholds():
+    """The sizes at which the kernels change strategy (class counts, rows, elements)."""
+    return {"CE_TILE_MAX_C": CE_TILE_MAX_C, "CE_SMALL_ROWS": CE_SMALL_ROWS, "CE_CHUNK": CE_CHUNK,
+            "CE_TILE": CE_TILE, "CE_LANES": CE_LANES, "CE_HALF_TILE": CE_HALF_TILE,
+            "BLOCK_ELEMENTS": BLOCK_ELEMENTS, "STRIPE_ELEMENTS": STRIPE_ELEMENTS,
+            "PARALLEL_MIN_ELEMENTS": PARALLEL_MIN_ELEMENTS}
+
+
+if _os.environ.get("CE_SIMD", "") not in ("", "auto"):
+    try:
+        _set_simd(_os.environ["CE_SIMD"])
+    except (ValueError, RuntimeError) as error:
+        raise ImportError(f"CE_SIMD={_os.environ['CE_SIMD']!r}: {error}") from None
 
 
 def probe_bandwidth(str kind, double[::1] a, double[::1] b, int n_threads):
