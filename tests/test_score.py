@@ -237,3 +237,19 @@ def test_top_k_forms():
     assert list(ce.score(x, y, top_k=[5, 1, 5]).top_k_accuracy) == [1, 5]
     s = ce.score(x, y, top_k=())
     assert s.top_k_accuracy == {} and s.accuracy == ce.score(x, y).accuracy
+
+
+@pytest.mark.parametrize("c", [3, 10, 100])
+def test_unweighted_counts_equal_the_weighted_tally(c):
+    # without sample weights the hits are counted in one C pass (ce._exact.hit_counts);
+    # unit weights take the general tally: the two must agree bit for bit, NaN rows,
+    # ignored rows, ties and k > C included
+    x, y = logits_labels(n=300, c=c, dtype=np.float32)
+    x[::7, 1] = x[::7, 0]        # ties with an earlier class
+    x[5, 2], y[5] = np.nan, 0    # a NaN row is a miss
+    ks = (1, 2, 5, c + 3)
+    fast = ce.score(x, y, top_k=ks)
+    general = ce.score(x, y, top_k=ks, sample_weight=np.ones(len(y)))
+    assert fast == general
+    assert fast.count == general.count and fast.top_k_correct == general.top_k_correct
+    assert fast.top_k_correct[c + 3] == fast.count - 1   # every row but the NaN one

@@ -57,3 +57,43 @@ def exact_sum(cnp.ndarray values, object mask=None):
         digits[i] = <uint32_t>acc.limb[i]   # normalised: low limbs in [0, 2^32), top limb fits int32
     total = int.from_bytes((<char *>digits)[:CE_EXACT_LIMBS * 4], "little", signed=True)
     return total, acc.special
+
+
+def hit_counts(const int64_t[::1] labels, const double[::1] row_loss, const int64_t[::1] argmax,
+               object rank, tuple ks, int64_t ignore_index):
+    """(kept rows, top-1 hits, [top-k hits for each k of ks]) in one pass over the rows.
+
+    The unweighted tally of a Score: a row is kept when its label is not
+    ignore_index, and a hit only when kept and its loss is not NaN; top-1 is
+    argmax == label, top-k (k > 1) rank < k. rank: int64 per row, or None when
+    every k is 1. Integer counts, so any split of the rows adds up the same.
+    """
+    cdef Py_ssize_t n = labels.shape[0], i, j, nk = len(ks)
+    cdef int64_t kept = 0, correct = 0, y
+    cdef int64_t kv[64]
+    cdef int64_t hits[64]
+    cdef const int64_t[::1] rk
+    cdef const int64_t *rp = NULL
+    cdef bint ok
+    if row_loss.shape[0] != n or argmax.shape[0] != n or nk > 64:
+        raise ValueError("hit_counts: arrays of one length and at most 64 k")
+    for j in range(nk):
+        kv[j] = ks[j]
+        hits[j] = 0
+    if rank is not None:
+        rk = rank
+        if rk.shape[0] != n:
+            raise ValueError("hit_counts: rank has another length")
+        rp = &rk[0] if n else NULL
+    with nogil:
+        for i in range(n):
+            y = labels[i]
+            if y == ignore_index:
+                continue
+            kept += 1
+            ok = row_loss[i] == row_loss[i]   # not NaN
+            correct += ok and argmax[i] == y
+            if rp != NULL and ok:
+                for j in range(nk):
+                    hits[j] += rp[i] < kv[j]
+    return kept, correct, [correct if kv[j] == 1 else hits[j] for j in range(nk)]
