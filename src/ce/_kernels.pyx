@@ -62,6 +62,17 @@ cdef extern from "_ce_core.h" nogil:
     int ce_block_f64(ce_problem *p, Py_ssize_t b)
     int CE_DTYPE_F32, CE_DTYPE_F64, CE_DTYPE_F16, CE_DTYPE_BF16
     int ce_block_any(ce_problem *p, Py_ssize_t b)
+    # few wide rows: classes split into segments (_ce_core.h)
+    enum: CE_SPLIT_SEG, CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS
+    ctypedef struct ce_seg:
+        pass
+    Py_ssize_t ce_split_segments(Py_ssize_t n_classes)
+    int ce_split_ok(const ce_problem *p)
+    void ce_split_prepare_any(const ce_problem *p, ce_seg *segs)
+    void ce_split_scan_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+    void ce_split_merge_any(ce_problem *p, ce_seg *segs)
+    void ce_split_apply_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+    void ce_split_finish_any(ce_problem *p, ce_seg *segs)
     int ce_half_portable
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
@@ -154,6 +165,8 @@ cdef Py_ssize_t ce_solve(ce_problem *p, int n_threads) noexcept nogil:
     cdef int threads = n_threads if n_threads > 0 else ce_max_threads()
     if forked_child:
         threads = 1
+    if ce_split_ok(p):
+        return solve_split(p, threads, n_blocks)
     if threads > n_blocks:
         threads = <int>n_blocks
     if threads <= 1 or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
@@ -163,6 +176,50 @@ cdef Py_ssize_t ce_solve(ce_problem *p, int n_threads) noexcept nogil:
         for b in prange(n_blocks, num_threads=threads, schedule="static"):
             failures += ce_block_any(p, b) != 0
     return failures
+
+
+cdef Py_ssize_t solve_split(ce_problem *p, int threads, Py_ssize_t n_blocks) noexcept nogil:
+    """Few wide rows: a prange over (row, class segment) items, the merge in
+    segment order, then (modes that write g) a second prange that scales each
+    segment. Returns n_blocks (all failed) when the partials cannot be allocated."""
+    cdef Py_ssize_t items = p.n_rows * ce_split_segments(p.n_classes)
+    cdef ce_seg *segs = <ce_seg *>malloc(items * sizeof(ce_seg))
+    if segs == NULL:
+        return n_blocks
+    if threads > items:
+        threads = <int>items
+    ce_split_prepare_any(p, segs)
+    if p.mode == CE_MODE_GRAD_LSE:
+        if p.block_loss != NULL:
+            memset(p.block_loss, 0, n_blocks * sizeof(double))
+    else:
+        split_pass(p, segs, items, threads, False)
+        ce_split_merge_any(p, segs)
+    if p.mode != CE_MODE_FORWARD:
+        split_pass(p, segs, items, threads, True)
+        ce_split_finish_any(p, segs)
+    free(segs)
+    return 0
+
+
+cdef void split_pass(ce_problem *p, ce_seg *segs, Py_ssize_t items, int threads,
+                     bint apply) noexcept nogil:
+    """The scan (or, apply: the scaling) of every (row, segment) item, one static chunk per thread."""
+    cdef Py_ssize_t i
+    for i in prange(items, num_threads=threads if threads > 1 else 1, schedule="static",
+                    use_threads_if=threads > 1):
+        if apply:
+            ce_split_apply_any(p, segs, i)
+        else:
+            ce_split_scan_any(p, segs, i)
+
+
+def split_limits():
+    """(least classes, most rows + 1, classes per segment) of the split path, for tests:
+    a problem of fewer than `rows` rows of at least `classes` classes has each
+    row's classes cut into segments (float32/float64 logits, index targets or none,
+    no label smoothing or soft cap, classes contiguous)."""
+    return CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS, CE_SPLIT_SEG
 
 
 cdef inline void set_view(ce_view *v, cnp.ndarray a):
