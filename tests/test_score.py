@@ -239,15 +239,16 @@ def test_top_k_forms():
     assert s.top_k_accuracy == {} and s.accuracy == ce.score(x, y).accuracy
 
 
-@pytest.mark.parametrize("c", [3, 10, 100])
-def test_unweighted_counts_equal_the_weighted_tally(c):
-    # without sample weights the hits are counted in one C pass (ce._exact.hit_counts);
-    # unit weights take the general tally: the two must agree bit for bit, NaN rows,
-    # ignored rows, ties and k > C included
-    x, y = logits_labels(n=300, c=c, dtype=np.float32)
+@pytest.mark.parametrize("c, many_k", [(3, False), (10, False), (100, False), (10, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_unweighted_counts_equal_the_weighted_tally(c, many_k, dtype):
+    # without sample weights the hits are tallied in the kernel pass (ce._kernels.score_counts,
+    # up to a limit on the number of k); unit weights take the general tally of per-row
+    # arrays: the two must agree bit for bit, NaN rows, ignored rows, ties and k > C included
+    x, y = logits_labels(n=700, c=c, dtype=dtype)
     x[::7, 1] = x[::7, 0]        # ties with an earlier class
     x[5, 2], y[5] = np.nan, 0    # a NaN row is a miss
-    ks = (1, 2, 5, c + 3)
+    ks = tuple(range(1, 40)) + (c + 3,) if many_k else (1, 2, 5, c + 3)
     fast = ce.score(x, y, top_k=ks)
     general = ce.score(x, y, top_k=ks, sample_weight=np.ones(len(y)))
     assert fast == general

@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h"]
+HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h", "src/ce/_ce_score.h"]
 
 
 def simd_loops():

@@ -10,9 +10,9 @@ threads.
 """
 cimport cython
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport NAN
 from cpython.long cimport PyLong_AsLongLongAndOverflow
@@ -77,6 +77,20 @@ cdef extern from "_ce_core.h" nogil:
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
                                const double *row_weight, double *total, Py_ssize_t *count)
+
+cdef extern from "_ce_score.h" nogil:
+    enum: CE_SCORE_MAX_K, CE_EXACT_LIMBS
+    ctypedef struct ce_exact:
+        int64_t limb[68]
+        int special
+    ctypedef struct ce_score_acc:
+        ce_exact loss
+        int64_t correct
+        int64_t hits[16]
+        int64_t failed
+    void ce_score_block(const ce_problem *p, Py_ssize_t b, const int64_t *ks, int nk, int want_rank,
+                        ce_score_acc *acc)
+    void ce_score_merge(ce_score_acc *a, const ce_score_acc *b)
 
 # Below this many logits a parallel region costs more than it saves (and the GIL is kept).
 DEF PARALLEL_MIN_ELEMENTS = 32768
@@ -212,6 +226,47 @@ cdef void split_pass(ce_problem *p, ce_seg *segs, Py_ssize_t items, int threads,
             ce_split_apply_any(p, segs, i)
         else:
             ce_split_scan_any(p, segs, i)
+
+
+def score_counts(Call call not None, tuple ks):
+    """The unweighted tally of ce.score in the kernel pass, without per-row arrays:
+    (loss sum in units of 2^-1074, its non-finite flags, top-1 hits, [hits per k]),
+    or None where it does not apply (sample weights, class axis not last, more than
+    CE_SCORE_MAX_K values of k, or few wide rows, which split their classes instead).
+    ks: ints >= 1 (capped to int64); a row counts when its label is not
+    ignore_index and its loss is not NaN."""
+    cdef ce_problem p = call.p
+    cdef Py_ssize_t n_blocks, b, nk = len(ks), j
+    cdef int64_t kv[CE_SCORE_MAX_K]
+    cdef int threads, want_rank = 0
+    cdef ce_score_acc *accs
+    if (p.target_kind != CE_TARGET_INDEX or p.row_weight != NULL or p.inner != 1 or nk > CE_SCORE_MAX_K
+            or (p.n_rows < CE_SPLIT_MAX_ROWS and p.n_classes >= CE_SPLIT_MIN_C)):
+        return None
+    for j in range(nk):
+        kv[j] = ks[j]
+        want_rank |= kv[j] > 1
+    n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
+    threads = call.n_threads if call.n_threads > 0 else ce_max_threads()
+    if forked_child or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
+        threads = 1
+    threads = <int>min(threads, max(n_blocks, 1))
+    accs = <ce_score_acc *>calloc(threads, sizeof(ce_score_acc))
+    if accs == NULL:
+        raise MemoryError()
+    with nogil:
+        for b in prange(n_blocks, num_threads=threads, schedule="static", use_threads_if=threads > 1):
+            ce_score_block(&p, b, kv, <int>nk, want_rank, &accs[threadid()])
+        for j in range(1, threads):
+            ce_score_merge(&accs[0], &accs[j])
+    units = sum(int(accs[0].loss.limb[j]) << (32 * j) for j in range(CE_EXACT_LIMBS))
+    result = (units, accs[0].loss.special, accs[0].correct,
+              [accs[0].correct if kv[j] == 1 else accs[0].hits[j] for j in range(nk)])
+    failed = accs[0].failed
+    free(accs)
+    if failed:
+        raise MemoryError(f"ce: out of memory for a scratch row ({failed} blocks failed)")
+    return result
 
 
 def split_limits():

@@ -12,7 +12,6 @@ import numpy as np
 
 from . import _kernels
 from ._args import check_top_k, dense_not_accepted
-from ._exact import hit_counts
 from ._exactsum import ExactSum
 
 
@@ -234,12 +233,13 @@ def score(logits, target, *, axis=-1, ignore_index=-100, sample_weight=None, fro
     if not call.has_labels:
         raise dense_not_accepted(call.rest, "ce.score")
     n = call.n_rows
+    counts = _kernels.score_counts(call, tuple(min(k, 1 << 62) for k in ks))
+    if counts is not None:   # unweighted: tallied in the kernel pass, no per-row arrays
+        units, special, correct, top = counts
+        kept = int(call.weight_total)   # the count of rows not ignored
+        return Score(ExactSum(units, special), kept, kept, n, correct, dict(zip(ks, top)))
     row_loss, argmax = np.empty(n), np.empty(n, dtype=np.int64)
     rank = np.empty(n, dtype=np.int64) if max(ks, default=1) > 1 else None
     _kernels.solve(call, row_loss=row_loss, row_argmax=argmax, row_rank=rank)
-    if call.row_weight is None and len(ks) <= 64:   # integer counts: one C pass over the rows
-        kept, correct, top = hit_counts(call.labels, row_loss, argmax, rank,
-                                        tuple(min(k, 1 << 62) for k in ks), call.ignore_index)
-        return Score(ExactSum.of_array(row_loss), kept, kept, n, correct, dict(zip(ks, top)))
     hits = {k: (None if k == 1 else rank < k) for k in ks}
     return tally(call.labels, row_loss, argmax, hits, call.row_weight, call.ignore_index)
