@@ -1,6 +1,6 @@
 """Few wide rows: the classes of a row split into segments across threads.
 
-The thresholds are read from the kernels (ce._kernels.split_limits()), and every
+The thresholds are read from the kernels (ce._kernels.limits()), and every
 case runs at the class counts around them, against the float64 reference, and
 on 1 and 2 threads (which must give the same bits).
 """
@@ -9,11 +9,12 @@ import pytest
 
 import ce
 from ce import _kernels
-from helpers import assert_close
+from helpers import assert_close, both_threads
 from reference import (ref_cross_entropy, ref_grad, ref_log_softmax, ref_logsumexp,
                        ref_softmax)
 
-MIN_C, MAX_ROWS, SEG = _kernels.split_limits()
+LIMITS = _kernels.limits()
+MIN_C, MAX_ROWS, SEG = LIMITS["split_min_c"], LIMITS["split_max_rows"], LIMITS["split_seg"]
 # below, at and above the least split class count (MIN_C + 1 leaves a one-class last segment)
 WIDTHS = (MIN_C - 1, MIN_C, MIN_C + 1)
 DTYPES = (np.float32, np.float64)
@@ -27,16 +28,6 @@ def wide(n, c, dtype, seed):
     if n > 2:
         y[2] = -100                      # an ignored row
     return x, y
-
-
-def both_threads(f):
-    """f(n_threads) on 1 and on 2 threads: the results must be bitwise equal."""
-    one, two = f(1), f(2)
-    for a, b in zip(one if isinstance(one, tuple) else (one,), two if isinstance(two, tuple) else (two,)):
-        a, b = np.atleast_1d(a), np.atleast_1d(b)
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert a.tobytes() == b.tobytes(), "1 and 2 threads differ"
-    return one
 
 
 def test_limits_are_consistent():

@@ -56,11 +56,17 @@ static inline int ce_have_openmp(void) { return 0; }
 
 #define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
 #define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (= MAX_BLOCK_ROWS in _kernels.pyx) */
-/* Row-major rows of up to CE_TILE_MAX_C classes are transposed into a class-major
-   tile of at most CE_TILE elements and vectorized across rows; longer rows run the
-   row kernel, vectorized along the row in CE_LANES-wide steps. */
+/* Row-major rows of up to CE_TILE_MAX_C classes (CE_TILE_MAX_C_GRAD when a
+   gradient or softmax is written) are transposed into a class-major tile of at
+   most CE_TILE elements and vectorized across rows; longer rows run the row
+   kernel, vectorized along the row in CE_LANES-wide steps. (Measured, float32,
+   one thread: the tile beats the row kernel up to C = 128 forward, but only to
+   about C = 64 once it also transposes a gradient back.) */
 #ifndef CE_TILE_MAX_C
-#define CE_TILE_MAX_C 64
+#define CE_TILE_MAX_C 128
+#endif
+#ifndef CE_TILE_MAX_C_GRAD
+#define CE_TILE_MAX_C_GRAD 64
 #endif
 #define CE_TILE 4096
 #define CE_LANES 16        /* lane count of the row kernel's sums (a 64-byte float vector) */

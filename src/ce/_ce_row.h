@@ -483,7 +483,7 @@ static int CE_FN(ce_columns_ok)(const ce_problem *p)
         || p->block_rows > CE_SMALL_ROWS || n > (1 << 24))
         return 0;
     if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile */
-        return n <= CE_TILE_MAX_C;   /* any strides: the tile is a copy */
+        return n <= (p->g.data ? CE_TILE_MAX_C_GRAD : CE_TILE_MAX_C);   /* any strides: the tile is a copy */
     /* class axis not last: rows of one outer index are contiguous per class */
     return p->x.s_inner == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_inner == 1)
         && (p->g.data == NULL || p->g.s_inner == 1);
@@ -787,6 +787,7 @@ CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_
     if (inner == 1) {
         CE_REAL xt[CE_TILE], tt[CE_TILE], gt[CE_TILE];
         Py_ssize_t rs = CE_TILE / n < CE_SMALL_ROWS ? CE_TILE / n : CE_SMALL_ROWS;
+        rs = rs >= 2 * CE_LANES ? rs - rs % CE_LANES : rs;   /* whole vectors across the rows */
         for (Py_ssize_t r = r0; r < r1; r += rs) {
             Py_ssize_t nr = r1 - r < rs ? r1 - r : rs;
             CE_FN(ce_tile_in)(xt, rs, (const CE_REAL *)p->x.data + r * p->x.s_outer, p->x.s_outer,

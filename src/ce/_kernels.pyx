@@ -63,7 +63,7 @@ cdef extern from "_ce_core.h" nogil:
     int CE_DTYPE_F32, CE_DTYPE_F64, CE_DTYPE_F16, CE_DTYPE_BF16
     int ce_block_any(ce_problem *p, Py_ssize_t b)
     # few wide rows: classes split into segments (_ce_core.h)
-    enum: CE_SPLIT_SEG, CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS
+    enum: CE_SPLIT_SEG, CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS, CE_TILE_MAX_C, CE_TILE_MAX_C_GRAD
     ctypedef struct ce_seg:
         pass
     Py_ssize_t ce_split_segments(Py_ssize_t n_classes)
@@ -269,12 +269,18 @@ def score_counts(Call call not None, tuple ks):
     return result
 
 
-def split_limits():
-    """(least classes, most rows + 1, classes per segment) of the split path, for tests:
-    a problem of fewer than `rows` rows of at least `classes` classes has each
-    row's classes cut into segments (float32/float64 logits, index targets or none,
-    no label smoothing or soft cap, classes contiguous)."""
-    return CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS, CE_SPLIT_SEG
+def limits():
+    """The kernels' class-count thresholds, for tests.
+
+    tile_max_c / tile_max_c_grad: row-major rows of at most this many classes run
+    the class-major tile (forward / modes that write a gradient or softmax);
+    split_min_c, split_max_rows, split_seg: a problem of fewer than split_max_rows
+    rows of at least split_min_c classes has each row's classes cut into segments
+    of split_seg (float32/float64 logits, index targets or none, no label
+    smoothing or soft cap, classes contiguous)."""
+    return {"tile_max_c": CE_TILE_MAX_C, "tile_max_c_grad": CE_TILE_MAX_C_GRAD,
+            "split_min_c": CE_SPLIT_MIN_C, "split_max_rows": CE_SPLIT_MAX_ROWS,
+            "split_seg": CE_SPLIT_SEG}
 
 
 cdef inline void set_view(ce_view *v, cnp.ndarray a):
