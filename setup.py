@@ -91,7 +91,7 @@ COMPILER_DIRECTIVES = {
     "initializedcheck": False,
     **({"freethreading_compatible": True} if CYTHON_3_1 else {}),
 }
-KERNEL_HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h"]
+KERNEL_HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h", "src/ce/_ce_score.h"]
 
 
 def extensions(compile_args, link_args):
@@ -103,7 +103,7 @@ def extensions(compile_args, link_args):
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
-            depends=[*KERNEL_HEADERS, "src/ce/_kernels.pxd"],
+            depends=[*KERNEL_HEADERS, "src/ce/_ce_exact.h", "src/ce/_kernels.pxd"],
         ),
         Extension(  # exact float64 sums for Score (no OpenMP, no SIMD dispatch needed)
             "ce._exact",

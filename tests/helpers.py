@@ -180,3 +180,13 @@ def finite_difference(f, x, h=1e-6):
     for i in np.ndindex(x.shape):
         g[i] = central_difference(f, x, i, h)
     return g
+
+
+def both_threads(f):
+    """f(n_threads) on 1 and on 2 threads: the results must be bitwise equal."""
+    one, two = f(1), f(2)
+    for a, b in zip(one if isinstance(one, tuple) else (one,), two if isinstance(two, tuple) else (two,)):
+        a, b = np.atleast_1d(a), np.atleast_1d(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes(), "1 and 2 threads differ"
+    return one

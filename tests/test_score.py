@@ -212,3 +212,20 @@ def test_top_k_forms():
     assert list(ce.score(x, y, top_k=[5, 1, 5]).top_k_accuracy) == [1, 5]
     s = ce.score(x, y, top_k=())
     assert s.top_k_accuracy == {} and s.accuracy == ce.score(x, y).accuracy
+
+
+@pytest.mark.parametrize("c, many_k", [(3, False), (10, False), (100, False), (10, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_unweighted_counts_equal_the_weighted_tally(c, many_k, dtype):
+    # without sample weights the hits are tallied in the kernel pass (ce._kernels.score_counts,
+    # up to a limit on the number of k); unit weights take the general tally of per-row
+    # arrays: the two must agree bit for bit, NaN rows, ignored rows, ties and k > C included
+    x, y = logits_labels(n=700, c=c, dtype=dtype)
+    x[::7, 1] = x[::7, 0]        # ties with an earlier class
+    x[5, 2], y[5] = np.nan, 0    # a NaN row is a miss
+    ks = tuple(range(1, 40)) + (c + 3,) if many_k else (1, 2, 5, c + 3)
+    fast = ce.score(x, y, top_k=ks)
+    general = ce.score(x, y, top_k=ks, sample_weight=np.ones(len(y)))
+    assert fast == general
+    assert fast.count == general.count and fast.top_k_correct == general.top_k_correct
+    assert fast.top_k_correct[c + 3] == fast.count - 1   # every row but the NaN one

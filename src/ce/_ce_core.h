@@ -130,11 +130,17 @@ static int ce_simd_set(int level)
 
 #define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
 #define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (block_rows_for in _kernels.pyx caps blocks at it) */
-/* Row-major rows of up to CE_TILE_MAX_C classes are transposed into a class-major
-   tile of at most CE_TILE elements and vectorized across rows; longer rows run the
-   row kernel, vectorized along the row in CE_LANES-wide steps. */
+/* Row-major rows of up to CE_TILE_MAX_C classes (CE_TILE_MAX_C_GRAD when a
+   gradient or softmax is written) are transposed into a class-major tile of at
+   most CE_TILE elements and vectorized across rows; longer rows run the row
+   kernel, vectorized along the row in CE_LANES-wide steps. (Measured, float32,
+   one thread: the tile beats the row kernel up to C = 128 forward, but only to
+   about C = 64 once it also transposes a gradient back.) */
 #ifndef CE_TILE_MAX_C
-#define CE_TILE_MAX_C 64
+#define CE_TILE_MAX_C 128
+#endif
+#ifndef CE_TILE_MAX_C_GRAD
+#define CE_TILE_MAX_C_GRAD 64
 #endif
 #define CE_TILE 4096
 #define CE_LANES 16        /* lane count of the row kernel's sums (a 64-byte float vector) */
@@ -326,6 +332,26 @@ typedef struct {
     double *block_loss;           /* one partial sum per block */
 } ce_problem;
 
+/* Few wide rows: in a problem of fewer than CE_SPLIT_MAX_ROWS rows of at
+   least CE_SPLIT_MIN_C classes, each row is cut into segments of CE_SPLIT_SEG
+   classes (their number depends on C alone) that any thread may scan; the
+   segments' partials are merged in segment order (_ce_row.h). */
+#define CE_SPLIT_SEG 16384
+#define CE_SPLIT_MIN_C 32768
+#define CE_SPLIT_MAX_ROWS 64
+
+/* one segment's partial: max, first argmax, exp sum relative to m (target
+   left out), classes above the target; then the apply pass's factors */
+typedef struct {
+    double xy, m, s, cnt, k1, k2, gy;
+    int64_t am;
+} ce_seg;
+
+CE_INLINE Py_ssize_t ce_split_segments(Py_ssize_t n_classes)
+{
+    return (n_classes + CE_SPLIT_SEG - 1) / CE_SPLIT_SEG;
+}
+
 CE_INLINE Py_ssize_t ce_offset(const ce_view *v, Py_ssize_t row, Py_ssize_t inner)
 {
     if (inner == 1)
@@ -409,6 +435,43 @@ CE_LEVELS(Py_ssize_t, ce_check_labels,
 #undef CE_EXP
 
 #include "_ce_half.h"   /* float16 / bfloat16 blocks, through float32 tiles */
+
+/* Does p take the split path? A function of the shape and options only (never
+   of the thread count). Index targets or none, logits, no smoothing or soft
+   cap (their sums would need re-basing per segment), float32 / float64 rows
+   with the classes contiguous; the rest runs whole rows. */
+static int ce_split_ok(const ce_problem *p)
+{
+    const int index = p->target_kind == CE_TARGET_INDEX;
+    const int free_mode = p->target_kind == CE_TARGET_NONE && p->mode != CE_MODE_FUSED
+        && p->mode != CE_MODE_GRAD_LSE;
+    return p->n_classes >= CE_SPLIT_MIN_C && p->n_rows < CE_SPLIT_MAX_ROWS && p->inner == 1
+        && (p->dtype == CE_DTYPE_F32 || p->dtype == CE_DTYPE_F64) && p->from_logits
+        && p->softcap == 0 && p->smoothing == 0 && (index || free_mode) && p->x.s_class == 1
+        && (p->g.data == NULL || p->g.s_class == 1);
+}
+
+/* The split passes of the problem's dtype (f32 or f64). */
+static void ce_split_prepare_any(const ce_problem *p, ce_seg *segs)
+{
+    if (p->dtype == CE_DTYPE_F64) ce_split_prepare_f64(p, segs); else ce_split_prepare_f32(p, segs);
+}
+CE_INLINE void ce_split_scan_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+{
+    if (p->dtype == CE_DTYPE_F64) ce_split_scan_f64(p, segs, item); else ce_split_scan_f32(p, segs, item);
+}
+static void ce_split_merge_any(ce_problem *p, ce_seg *segs)
+{
+    if (p->dtype == CE_DTYPE_F64) ce_split_merge_f64(p, segs); else ce_split_merge_f32(p, segs);
+}
+CE_INLINE void ce_split_apply_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+{
+    if (p->dtype == CE_DTYPE_F64) ce_split_apply_f64(p, segs, item); else ce_split_apply_f32(p, segs, item);
+}
+static void ce_split_finish_any(ce_problem *p, ce_seg *segs)
+{
+    if (p->dtype == CE_DTYPE_F64) ce_split_finish_f64(p, segs); else ce_split_finish_f32(p, segs);
+}
 
 /* ---- memory bandwidth probe, for the benchmark's percent-of-bandwidth ---- */
 

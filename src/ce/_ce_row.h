@@ -331,6 +331,29 @@ CE_INLINE void CE_FN(ce_row_grad_lse)(const ce_problem *p, Py_ssize_t r, CE_FN(c
     }
 }
 
+/* An index-target row from its max m, target logit xy, the other classes'
+   exp sum s_other (relative to m) and the smoothing shift: lse, the weighted
+   loss, and the gradient's factor k1 of exp(x - m) and target entry gy. */
+typedef struct { double lse, loss, k1, gy; } CE_FN(ce_index_stats);
+
+CE_INLINE CE_FN(ce_index_stats) CE_FN(ce_index_finish)(ce_consts k, CE_FN(ce_row_info) in, CE_REAL m,
+                                                       CE_REAL xy, double s_other, double shift)
+{
+    CE_FN(ce_index_stats) o;
+    double e_y = (double)CE_EXP(xy - m);
+    double log_s = ce_log_sum2(e_y, s_other);
+    double lse = (double)m + log_s;
+    /* (m - x_y) is exact in double; when y is the argmax it is 0 and the
+       loss is log(1 + s_other) with no cancellation at all */
+    double nll = ((double)m - (double)xy) + log_s;
+    double s = s_other + e_y, A = ce_coef_index(k, in.w_y, lse);
+    o.lse = lse;
+    o.loss = in.sw * ce_loss_index(k, in.w_y, nll, shift, log_s, lse);
+    o.k1 = in.gi * A / s;
+    o.gy = in.gi * ce_target_entry(k, A, in.w_y, s_other / s, lse);
+    return o;
+}
+
 /* index target, row not masked: returns the weighted loss, writes lse, rank, g */
 CE_INLINE double CE_FN(ce_row_index)(const ce_problem *p, Py_ssize_t r, CE_FN(ce_row_info) in,
                                      const CE_REAL *x, CE_REAL *g, CE_REAL m, double *lse_out)
@@ -341,19 +364,13 @@ CE_INLINE double CE_FN(ce_row_index)(const ce_problem *p, Py_ssize_t r, CE_FN(ce
     const CE_REAL xy = x[in.y];
     double shift = k.eps_n > 0 ? CE_FN(ce_sum_shift)(x, w, n, m) : 0.0;
     double s_other = CE_FN(ce_lane_exp)(x, g, n, m, in.y, xy, p->row_rank ? p->row_rank + r : NULL);
-    double e_y = (double)CE_EXP(xy - m);
-    double log_s = ce_log_sum2(e_y, s_other);
-    double lse = (double)m + log_s;
-    /* (m - x_y) is exact in double; when y is the argmax it is 0 and the
-       loss is log(1 + s_other) with no cancellation at all */
-    double nll = ((double)m - (double)xy) + log_s;
+    CE_FN(ce_index_stats) o = CE_FN(ce_index_finish)(k, in, m, xy, s_other, shift);
     if (g) {
-        double s = s_other + e_y, A = ce_coef_index(k, in.w_y, lse);
-        CE_FN(ce_scale)(g, w, n, (CE_REAL)(in.gi * A / s), (CE_REAL)(in.gi * k.eps_n));
-        g[in.y] = (CE_REAL)(in.gi * ce_target_entry(k, A, in.w_y, s_other / s, lse));
+        CE_FN(ce_scale)(g, w, n, (CE_REAL)o.k1, (CE_REAL)(in.gi * k.eps_n));
+        g[in.y] = (CE_REAL)o.gy;
     }
-    *lse_out = lse;
-    return in.sw * ce_loss_index(k, in.w_y, nll, shift, log_s, lse);
+    *lse_out = o.lse;
+    return o.loss;
 }
 
 /* dense target, row not masked */
@@ -466,7 +483,7 @@ static int CE_FN(ce_columns_ok)(const ce_problem *p)
         || p->block_rows > CE_SMALL_ROWS || n > (1 << 24))
         return 0;
     if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile */
-        return n <= CE_TILE_MAX_C;   /* any strides: the tile is a copy */
+        return n <= (p->g.data ? CE_TILE_MAX_C_GRAD : CE_TILE_MAX_C);   /* any strides: the tile is a copy */
     /* class axis not last: rows of one outer index are contiguous per class */
     return p->x.s_inner == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_inner == 1)
         && (p->g.data == NULL || p->g.s_inner == 1);
@@ -770,6 +787,7 @@ CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_
     if (inner == 1) {
         CE_REAL xt[CE_TILE], tt[CE_TILE], gt[CE_TILE];
         Py_ssize_t rs = CE_TILE / n < CE_SMALL_ROWS ? CE_TILE / n : CE_SMALL_ROWS;
+        rs = rs >= 2 * CE_LANES ? rs - rs % CE_LANES : rs;   /* whole vectors across the rows */
         for (Py_ssize_t r = r0; r < r1; r += rs) {
             Py_ssize_t nr = r1 - r < rs ? r1 - r : rs;
             CE_FN(ce_tile_in)(xt, rs, (const CE_REAL *)p->x.data + r * p->x.s_outer, p->x.s_outer,
@@ -866,6 +884,181 @@ CE_INLINE int CE_BODY(CE_FN(ce_block))(ce_problem *p, Py_ssize_t b)
     return 0;
 }
 CE_LEVELS(int, CE_FN(ce_block), (ce_problem *p, Py_ssize_t b), (p, b))
+
+/* ---- few wide rows: each row's classes cut into fixed segments ----
+ * Pass 1 (scan) runs per (row, segment) item on any thread: the segment's
+ * max and first argmax, its exp sum relative to its own max (the target left
+ * out), its count of classes above the target, and (fused, softmax) the exps
+ * stored into g. The merge adds the segments up in segment order, so no
+ * result depends on which thread scanned what. Pass 2 (apply) scales each
+ * segment of g by its own factor; the finish writes the target entries. */
+
+CE_INLINE Py_ssize_t CE_FN(ce_seg_range)(const ce_problem *p, Py_ssize_t item, Py_ssize_t *r,
+                                        Py_ssize_t *len)
+{
+    const Py_ssize_t nseg = ce_split_segments(p->n_classes);
+    const Py_ssize_t c0 = (item % nseg) * CE_SPLIT_SEG;
+    *r = item / nseg;
+    *len = p->n_classes - c0 < CE_SPLIT_SEG ? p->n_classes - c0 : CE_SPLIT_SEG;
+    return c0;
+}
+
+/* Serial, before the scan: each segment gets its row's target logit (read
+   before any thread writes g, which may be x itself). */
+static void CE_FN(ce_split_prepare)(const ce_problem *p, ce_seg *segs)
+{
+    const Py_ssize_t nseg = ce_split_segments(p->n_classes);
+    for (Py_ssize_t r = 0; r < p->n_rows; r++) {
+        const CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+        const CE_REAL *xr = (const CE_REAL *)p->x.data + ce_offset(&p->x, r, 1);
+        for (Py_ssize_t j = 0; j < nseg; j++)
+            segs[r * nseg + j].xy = in.y >= 0 ? (double)xr[in.y] : 0.0;
+    }
+}
+
+CE_INLINE int CE_BODY(CE_FN(ce_split_scan))(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+{
+    unsigned int csr;
+    CE_FTZ_ON(csr);
+    Py_ssize_t r, len;
+    const Py_ssize_t c0 = CE_FN(ce_seg_range)(p, item, &r, &len);
+    const CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+    const CE_REAL *xr = (const CE_REAL *)p->x.data + ce_offset(&p->x, r, 1);
+    const int store = p->mode == CE_MODE_FUSED || p->mode == CE_MODE_SOFTMAX;
+    CE_REAL *g = store ? (CE_REAL *)p->g.data + ce_offset(&p->g, r, 1) + c0 : NULL;
+    const CE_REAL xy = (CE_REAL)segs[item].xy;
+    const Py_ssize_t yl = in.y >= c0 && in.y < c0 + len ? in.y - c0 : -1;
+    int64_t am = 0, cnt = 0;
+    CE_REAL m = CE_FN(ce_lane_max)(xr + c0, len, p->row_argmax ? &am : NULL);
+    /* a segment of -inf (and NaN) only: exps taken against 0, so -inf gives 0
+       and NaN stays NaN; the merge weighs the segment by 0 (or NaN) */
+    CE_REAL shift = m == -INFINITY ? (CE_REAL)0 : m;
+    double s = CE_FN(ce_lane_exp)(xr + c0, g, len, shift, yl, xy, p->row_rank && in.y >= 0 ? &cnt : NULL);
+    ce_seg *sg = segs + item;
+    sg->m = (double)m;
+    sg->s = s;
+    sg->cnt = cnt;
+    sg->am = c0 + am;
+    CE_FTZ_OFF(csr);
+    return 0;
+}
+CE_LEVELS(int, CE_FN(ce_split_scan), (const ce_problem *p, ce_seg *segs, Py_ssize_t item),
+          (p, segs, item))
+
+/* Serial, after the scan: the row results in segment order; each segment's
+   scale factors for the apply pass. Adds the row losses to block_loss. */
+static void CE_FN(ce_split_merge)(ce_problem *p, ce_seg *segs)
+{
+    const Py_ssize_t n = p->n_classes, nseg = ce_split_segments(n);
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    unsigned int csr;
+    CE_FTZ_ON(csr);
+    if (p->block_loss)
+        for (Py_ssize_t b = 0; b * p->block_rows < p->n_rows; b++)
+            p->block_loss[b] = 0.0;
+    for (Py_ssize_t r = 0; r < p->n_rows; r++) {
+        ce_seg *sg = segs + r * nseg;
+        const CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+        double M = -INFINITY, s = 0.0, cnt = 0.0;
+        int64_t am = 0;
+        for (Py_ssize_t j = 0; j < nseg; j++)
+            if (sg[j].m > M) {   /* the first segment holding the max: its first argmax */
+                M = sg[j].m;
+                am = sg[j].am;
+            }
+        for (Py_ssize_t j = 0; j < nseg; j++) {
+            /* exp(m_j - M): 0 for a segment of -inf only (NaN when the whole row is) */
+            double f = sg[j].m == -INFINITY ? (M == -INFINITY ? NAN : 0.0) : ce_exp_neg_d(sg[j].m - M);
+            sg[j].k1 = f;
+            s += sg[j].s * f;
+            cnt += sg[j].cnt;
+        }
+        if (p->row_argmax)
+            p->row_argmax[r] = M == -INFINITY ? 0 : am;
+        if (p->row_rank)
+            p->row_rank[r] = in.y >= 0 ? (int64_t)cnt : 0;
+        double lse, loss = 0.0, k1 = 1.0 / s, k2 = 0.0;
+        if (in.y >= 0) {
+            CE_FN(ce_index_stats) o = CE_FN(ce_index_finish)(k, in, (CE_REAL)M, (CE_REAL)sg[0].xy, s, 0.0);
+            lse = o.lse;
+            loss = o.loss;
+            k1 = o.k1;
+            k2 = in.gi * k.eps_n;
+            sg[0].gy = o.gy;
+        } else {
+            lse = M + ce_log_d(s);
+        }
+        for (Py_ssize_t j = 0; j < nseg; j++) {
+            sg[j].k1 = p->mode == CE_MODE_LOG_SOFTMAX ? lse : sg[j].k1 * k1;
+            sg[j].k2 = k2;
+        }
+        if (p->row_lse)
+            p->row_lse[r] = lse;
+        if (p->row_loss)
+            p->row_loss[r] = loss;
+        if (p->block_loss)
+            p->block_loss[r / p->block_rows] += loss;
+    }
+    CE_FTZ_OFF(csr);
+}
+
+/* Pass 2 on one (row, segment): g from the merged row (or, for CE_MODE_GRAD_LSE,
+   from the given lse; the segment's other-class sum goes to segs[item].s). */
+CE_INLINE int CE_BODY(CE_FN(ce_split_apply))(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+{
+    unsigned int csr;
+    CE_FTZ_ON(csr);
+    Py_ssize_t r, len;
+    const Py_ssize_t c0 = CE_FN(ce_seg_range)(p, item, &r, &len);
+    const CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+    const CE_REAL *x = (const CE_REAL *)p->x.data + ce_offset(&p->x, r, 1) + c0;
+    CE_REAL *g = (CE_REAL *)p->g.data + ce_offset(&p->g, r, 1) + c0;
+    const CE_REAL *w = p->class_weight && p->mode != CE_MODE_SOFTMAX ? (const CE_REAL *)p->class_weight + c0 : NULL;
+    ce_seg *sg = segs + item;
+    if (in.masked && (p->mode == CE_MODE_FUSED || p->mode == CE_MODE_GRAD_LSE)) {
+        memset(g, 0, (size_t)len * sizeof(CE_REAL));
+    } else if (p->mode == CE_MODE_GRAD_LSE) {
+        const ce_consts k = ce_consts_of(p->smoothing, p->n_classes, p->class_weight_sum, p->z_loss);
+        const double lse = p->lse_in[r];
+        const Py_ssize_t yl = in.y >= c0 && in.y < c0 + len ? in.y - c0 : -1;
+        sg->s = CE_FN(ce_lane_exp)(x, g, len, (CE_REAL)lse, yl, 0, NULL);   /* g = softmax */
+        CE_FN(ce_scale)(g, w, len, (CE_REAL)(in.gi * ce_coef_index(k, in.w_y, lse)), (CE_REAL)(in.gi * k.eps_n));
+    } else if (p->mode == CE_MODE_LOG_SOFTMAX) {
+        const CE_REAL l = (CE_REAL)sg->k1;
+#pragma omp simd
+        for (Py_ssize_t c = 0; c < len; c++)
+            g[c] = x[c] - l;
+    } else {
+        CE_FN(ce_scale)(g, w, len, (CE_REAL)sg->k1, (CE_REAL)sg->k2);
+    }
+    CE_FTZ_OFF(csr);
+    return 0;
+}
+CE_LEVELS(int, CE_FN(ce_split_apply), (const ce_problem *p, ce_seg *segs, Py_ssize_t item),
+          (p, segs, item))
+
+/* Serial, after the apply pass: the target entries of the gradient rows. */
+static void CE_FN(ce_split_finish)(ce_problem *p, ce_seg *segs)
+{
+    const Py_ssize_t n = p->n_classes, nseg = ce_split_segments(n);
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    if (p->mode != CE_MODE_FUSED && p->mode != CE_MODE_GRAD_LSE)
+        return;
+    for (Py_ssize_t r = 0; r < p->n_rows; r++) {
+        const CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+        const ce_seg *sg = segs + r * nseg;
+        if (in.y < 0)
+            continue;
+        double gy = sg[0].gy;
+        if (p->mode == CE_MODE_GRAD_LSE) {
+            double other = 0.0, lse = p->lse_in[r];
+            for (Py_ssize_t j = 0; j < nseg; j++)
+                other += sg[j].s;
+            gy = in.gi * ce_target_entry(k, ce_coef_index(k, in.w_y, lse), in.w_y, other, lse);
+        }
+        ((CE_REAL *)p->g.data + ce_offset(&p->g, r, 1))[in.y] = (CE_REAL)gy;
+    }
+}
 
 #undef CE_FN
 #undef CE_CAT

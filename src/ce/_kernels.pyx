@@ -10,9 +10,9 @@ threads.
 """
 cimport cython
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport NAN
 from cpython.long cimport PyLong_AsLongLongAndOverflow
@@ -69,10 +69,35 @@ cdef extern from "_ce_core.h" nogil:
     int ce_block_f64(ce_problem *p, Py_ssize_t b)
     int CE_DTYPE_F32, CE_DTYPE_F64, CE_DTYPE_F16, CE_DTYPE_BF16
     int ce_block_any(ce_problem *p, Py_ssize_t b)
+    # few wide rows: classes split into segments (_ce_core.h)
+    enum: CE_SPLIT_SEG, CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS, CE_TILE_MAX_C_GRAD
+    ctypedef struct ce_seg:
+        pass
+    Py_ssize_t ce_split_segments(Py_ssize_t n_classes)
+    int ce_split_ok(const ce_problem *p)
+    void ce_split_prepare_any(const ce_problem *p, ce_seg *segs)
+    void ce_split_scan_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+    void ce_split_merge_any(ce_problem *p, ce_seg *segs)
+    void ce_split_apply_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
+    void ce_split_finish_any(ce_problem *p, ce_seg *segs)
     int ce_half_portable
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
                                const double *row_weight, double *total, Py_ssize_t *count)
+
+cdef extern from "_ce_score.h" nogil:
+    enum: CE_SCORE_MAX_K, CE_EXACT_LIMBS
+    ctypedef struct ce_exact:
+        int64_t limb[68]
+        int special
+    ctypedef struct ce_score_acc:
+        ce_exact loss
+        int64_t correct
+        int64_t hits[16]
+        int64_t failed
+    void ce_score_block(const ce_problem *p, Py_ssize_t b, const int64_t *ks, int nk, int want_rank,
+                        ce_score_acc *acc)
+    void ce_score_merge(ce_score_acc *a, const ce_score_acc *b)
 
 # Below this many logits a parallel region costs more than it saves (and the GIL is kept).
 DEF PARALLEL_MIN_ELEMENTS = 32768
@@ -155,7 +180,14 @@ def _thresholds():
     return {"CE_TILE_MAX_C": CE_TILE_MAX_C, "CE_SMALL_ROWS": CE_SMALL_ROWS, "CE_CHUNK": CE_CHUNK,
             "CE_TILE": CE_TILE, "CE_LANES": CE_LANES, "CE_HALF_TILE": CE_HALF_TILE,
             "BLOCK_ELEMENTS": BLOCK_ELEMENTS, "STRIPE_ELEMENTS": STRIPE_ELEMENTS,
-            "PARALLEL_MIN_ELEMENTS": PARALLEL_MIN_ELEMENTS}
+            "PARALLEL_MIN_ELEMENTS": PARALLEL_MIN_ELEMENTS,
+            # the class-major tile's limit when a gradient or softmax is written (CE_TILE_MAX_C:
+            # the forward's); a problem of fewer than CE_SPLIT_MAX_ROWS rows of at least
+            # CE_SPLIT_MIN_C classes has each row cut into segments of CE_SPLIT_SEG classes
+            # (float32/float64 logits, index targets or none, no smoothing or soft cap,
+            # classes contiguous)
+            "CE_TILE_MAX_C_GRAD": CE_TILE_MAX_C_GRAD, "CE_SPLIT_MIN_C": CE_SPLIT_MIN_C,
+            "CE_SPLIT_MAX_ROWS": CE_SPLIT_MAX_ROWS, "CE_SPLIT_SEG": CE_SPLIT_SEG}
 
 
 if _os.environ.get("CE_SIMD", "") not in ("", "auto"):
@@ -210,6 +242,8 @@ cdef Py_ssize_t ce_solve(ce_problem *p, int n_threads) noexcept nogil:
     cdef int threads = n_threads if n_threads > 0 else ce_max_threads()
     if forked_child:
         threads = 1
+    if ce_split_ok(p):
+        return solve_split(p, threads, n_blocks)
     if threads > n_blocks:
         threads = <int>n_blocks
     if threads <= 1 or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
@@ -219,6 +253,83 @@ cdef Py_ssize_t ce_solve(ce_problem *p, int n_threads) noexcept nogil:
         for b in prange(n_blocks, num_threads=threads, schedule="static"):
             failures += ce_block_any(p, b) != 0
     return failures
+
+
+cdef Py_ssize_t solve_split(ce_problem *p, int threads, Py_ssize_t n_blocks) noexcept nogil:
+    """Few wide rows: a prange over (row, class segment) items, the merge in
+    segment order, then (modes that write g) a second prange that scales each
+    segment. Returns n_blocks (all failed) when the partials cannot be allocated."""
+    cdef Py_ssize_t items = p.n_rows * ce_split_segments(p.n_classes)
+    cdef ce_seg *segs = <ce_seg *>malloc(items * sizeof(ce_seg))
+    if segs == NULL:
+        return n_blocks
+    if threads > items:
+        threads = <int>items
+    ce_split_prepare_any(p, segs)
+    if p.mode == CE_MODE_GRAD_LSE:
+        if p.block_loss != NULL:
+            memset(p.block_loss, 0, n_blocks * sizeof(double))
+    else:
+        split_pass(p, segs, items, threads, False)
+        ce_split_merge_any(p, segs)
+    if p.mode != CE_MODE_FORWARD:
+        split_pass(p, segs, items, threads, True)
+        ce_split_finish_any(p, segs)
+    free(segs)
+    return 0
+
+
+cdef void split_pass(ce_problem *p, ce_seg *segs, Py_ssize_t items, int threads,
+                     bint apply) noexcept nogil:
+    """The scan (or, apply: the scaling) of every (row, segment) item, one static chunk per thread."""
+    cdef Py_ssize_t i
+    for i in prange(items, num_threads=threads if threads > 1 else 1, schedule="static",
+                    use_threads_if=threads > 1):
+        if apply:
+            ce_split_apply_any(p, segs, i)
+        else:
+            ce_split_scan_any(p, segs, i)
+
+
+def score_counts(Call call not None, tuple ks):
+    """The unweighted tally of ce.score in the kernel pass, without per-row arrays:
+    (loss sum in units of 2^-1074, its non-finite flags, top-1 hits, [hits per k]),
+    or None where it does not apply (sample weights, class axis not last, more than
+    CE_SCORE_MAX_K values of k, or few wide rows, which split their classes instead).
+    ks: ints >= 1 (capped to int64); a row counts when its label is not
+    ignore_index and its loss is not NaN."""
+    cdef ce_problem p = call.p
+    cdef Py_ssize_t n_blocks, b, nk = len(ks), j
+    cdef int64_t kv[CE_SCORE_MAX_K]
+    cdef int threads, want_rank = 0
+    cdef ce_score_acc *accs
+    if (p.target_kind != CE_TARGET_INDEX or p.row_weight != NULL or p.inner != 1 or nk > CE_SCORE_MAX_K
+            or (p.n_rows < CE_SPLIT_MAX_ROWS and p.n_classes >= CE_SPLIT_MIN_C)):
+        return None
+    for j in range(nk):
+        kv[j] = ks[j]
+        want_rank |= kv[j] > 1
+    n_blocks = (p.n_rows + p.block_rows - 1) // p.block_rows
+    threads = call.n_threads if call.n_threads > 0 else ce_max_threads()
+    if forked_child or p.n_rows * p.n_classes < PARALLEL_MIN_ELEMENTS:
+        threads = 1
+    threads = <int>min(threads, max(n_blocks, 1))
+    accs = <ce_score_acc *>calloc(threads, sizeof(ce_score_acc))
+    if accs == NULL:
+        raise MemoryError()
+    with nogil:
+        for b in prange(n_blocks, num_threads=threads, schedule="static", use_threads_if=threads > 1):
+            ce_score_block(&p, b, kv, <int>nk, want_rank, &accs[threadid()])
+        for j in range(1, threads):
+            ce_score_merge(&accs[0], &accs[j])
+    units = sum(int(accs[0].loss.limb[j]) << (32 * j) for j in range(CE_EXACT_LIMBS))
+    result = (units, accs[0].loss.special, accs[0].correct,
+              [accs[0].correct if kv[j] == 1 else accs[0].hits[j] for j in range(nk)])
+    failed = accs[0].failed
+    free(accs)
+    if failed:
+        raise MemoryError(f"ce: out of memory for a scratch row ({failed} blocks failed)")
+    return result
 
 
 cdef inline void set_view(ce_view *v, cnp.ndarray a):

@@ -241,6 +241,11 @@ def score(logits: ArrayLike, target: ArrayLike, *, axis: int | tuple[int, ...] =
     if not call.has_labels:
         raise dense_not_accepted(call.rest, "ce.score")
     n = call.n_rows
+    counts = _kernels.score_counts(call, tuple(min(k, 1 << 62) for k in ks))
+    if counts is not None:   # unweighted: tallied in the kernel pass, no per-row arrays
+        units, special, correct, top = counts
+        kept = int(call.weight_total)   # the count of rows not ignored
+        return Score(ExactSum(units, special), kept, kept, n, correct, dict(zip(ks, top)))
     row_loss, argmax = np.empty(n), np.empty(n, dtype=np.int64)
     rank = np.empty(n, dtype=np.int64) if max(ks, default=1) > 1 else None
     _kernels.solve(call, row_loss=row_loss, row_argmax=argmax, row_rank=rank)

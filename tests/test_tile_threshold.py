@@ -1,0 +1,61 @@
+"""The class-major tile's class-count limits (read from the kernels), straddled.
+
+Row-major rows of up to _thresholds()["CE_TILE_MAX_C"] classes run the class-major tile
+forward, up to _thresholds()["CE_TILE_MAX_C_GRAD"] when a gradient or softmax is
+written; past them the row kernel runs. Both sides of each limit, both
+dtypes, both target kinds, strided layouts, 1 and 2 threads.
+"""
+import numpy as np
+import pytest
+
+import ce
+from ce import _kernels
+from helpers import assert_close, both_threads, seed_of
+from reference import ref_cross_entropy, ref_grad, ref_softmax
+
+LIMITS = _kernels._thresholds()
+EDGES = sorted({c for t in (LIMITS["CE_TILE_MAX_C"], LIMITS["CE_TILE_MAX_C_GRAD"]) for c in (t - 1, t, t + 1)})
+ROWS = 700   # enough logits for the parallel path (and a partial last tile)
+
+
+def problem(c, dtype, seed):
+    rng = np.random.default_rng(seed_of(*seed))
+    x = (rng.standard_normal((ROWS, c)) * 3).astype(dtype)
+    y = rng.integers(0, c, ROWS)
+    y[::9] = -100
+    return x, y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", EDGES)
+@pytest.mark.parametrize("layout", ["contiguous", "row_slice", "class_stride"])
+def test_index_targets(dtype, c, layout):
+    x, y = problem(c, dtype, (c, layout))
+    if layout == "row_slice":
+        big = np.zeros((ROWS, c + 7), dtype)
+        big[:, 3:3 + c] = x
+        x = big[:, 3:3 + c]
+    elif layout == "class_stride":
+        big = np.zeros((ROWS, 2 * c), dtype)
+        big[:, ::2] = x
+        x = big[:, ::2]
+    loss = both_threads(lambda t: ce.cross_entropy(x, y, reduction="none", n_threads=t))
+    assert_close(loss, ref_cross_entropy(x, y, reduction="none"), dtype, "loss")
+    total, grad = both_threads(lambda t: ce.cross_entropy_with_grad(x, y, n_threads=t))
+    assert_close(total, ref_cross_entropy(x, y), dtype, "fused loss")
+    assert_close(grad, ref_grad(x, y), dtype, "grad")
+    s = both_threads(lambda t: (ce.score(x, y, top_k=(1, 3), n_threads=t).loss_sum,))
+    assert_close(s[0], ref_cross_entropy(x, y, reduction="sum"), dtype, "score loss sum")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", EDGES)
+def test_dense_targets_and_softmax(dtype, c):
+    x, _ = problem(c, dtype, (c, "dense"))
+    t = np.random.default_rng(c).random((ROWS, c)).astype(dtype)
+    kw = dict(label_smoothing=0.05, z_loss=1e-3)
+    loss, grad = both_threads(
+        lambda n: ce.cross_entropy_with_grad(x, t, reduction="none", n_threads=n, **kw))
+    assert_close(loss, ref_cross_entropy(x, t, reduction="none", **kw), dtype, "dense loss")
+    assert_close(grad, ref_grad(x, t, reduction="none", **kw), dtype, "dense grad")
+    assert_close(ce.softmax(x), ref_softmax(x), dtype, "softmax")
