@@ -24,6 +24,11 @@ CHILD = textwrap.dedent("""
     import ce
 
     kind, source = sys.argv[1], sys.argv[2]
+    # Python installs its KeyboardInterrupt handler only when SIGINT is not ignored at startup,
+    # and a shell's background job (`cmd &`, no job control) starts with SIGINT ignored: put the
+    # handler in place so that the test is about ce, not about how pytest was launched.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(0)
     N, C = 10000, 5000                       # 5e7 logits; with softcap about a second a call
     if kind.startswith("grad out= float16"):
