@@ -311,3 +311,19 @@ def test_bad_arrays():
         ce.cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="target"):
         ce.cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("arg", ["weight", "sample_weight"])
+def test_out_must_not_overlap_an_input_the_kernel_reads(arg):
+    """out= sharing memory with the weights (used as given, no copy) would be read after it
+    was written: refused, naming the argument, before anything is written."""
+    n, c = 300, 8
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((n, c)), rng.integers(0, c, n)
+    buf = np.full(n * c, 0.5)
+    out = buf.reshape(n, c)
+    kw = {"weight": out[0]} if arg == "weight" else {"sample_weight": buf[:n]}
+    before = buf.copy()
+    with pytest.raises(ValueError, match=f"out must not overlap {arg}"):
+        ce.cross_entropy_grad(x, y, reduction="sum", out=out, **kw)
+    np.testing.assert_array_equal(buf, before)

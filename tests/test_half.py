@@ -265,3 +265,34 @@ def test_cli_scores_half_npy_files(dt, tmp_path):
     s = ce.score(x, y, top_k=(1, 5))
     assert doc["dtype"] == str(dt) and doc["loss_sum"] == s.loss_sum
     assert doc["correct"] == s.correct
+
+
+@pytest.mark.parametrize("dt", HALVES, ids=str)
+def test_dense_target_is_not_rounded_to_the_half_dtype(dt):
+    """Dense targets of half logits are float32 in the kernel: an entry above float16's
+    range (65504) or a tiny one must not overflow or flush on the way in."""
+    x = np.array([[10.0, 0.0, -3.0]])
+    t = np.array([[70000.0, 1e-9, 0.5]])
+    xh = x.astype(dt)
+    ref = ref_cross_entropy(xh.astype(np.float64), t, reduction="sum")
+    got = ce.cross_entropy(xh, t, reduction="sum")
+    assert np.isfinite(float(got))
+    assert abs(float(got) - ref) <= 2 * float(ce._args.eps(np.dtype(dt))) * abs(ref)
+    g = ce.cross_entropy_grad(xh, t.astype(np.float32), reduction="sum")  # the no-copy route
+    g_ref = ref_grad(xh.astype(np.float64), t, reduction="sum")
+    assert_within_ulp(g, g_ref, dt)
+
+
+@pytest.mark.parametrize("dt", HALVES, ids=str)
+def test_return_lse_round_trip(dt):
+    x = half_logits((6, 40), dt)
+    y = RNG.integers(0, 40, 6)
+    loss, g, lse = ce.cross_entropy_with_grad(x, y, return_lse=True)
+    assert lse.dtype == np.dtype(dt)
+    g2 = ce.cross_entropy_grad(x, y, lse=lse)   # accepted, and used as given (rounded to dt)
+    x64, lse64 = x.astype(np.float64), lse.astype(np.float64)
+    ref = np.exp(x64 - lse64[:, None])
+    rows = np.arange(6)
+    # the target entry is minus the other classes' probabilities (no p_y - 1 cancellation)
+    ref[rows, y] = -(ref.sum(axis=1) - ref[rows, y])
+    assert_within_ulp(g2, ref / 6, dt, n_ulp=2.0)

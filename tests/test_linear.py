@@ -320,3 +320,15 @@ def test_bitwise_same_for_any_thread_count(blas_threads):
             assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     for other in results[3::2]:
         assert np.asarray(results[1][0]).tobytes() == np.asarray(other[0]).tobytes()
+
+
+def test_bfloat16_bias():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf = ml_dtypes.bfloat16
+    rng = np.random.default_rng(3)
+    h, w = rng.standard_normal((5, 6)).astype(bf), rng.standard_normal((9, 6)).astype(bf)
+    b, y = rng.standard_normal(9).astype(bf), rng.integers(0, 9, 5)
+    got = ce.linear_cross_entropy(h, w, y, linear_bias=b)
+    logits = h.astype(np.float32) @ w.astype(np.float32).T + b.astype(np.float32)
+    assert got.dtype == np.dtype(bf)
+    assert abs(float(got) - float(ce.cross_entropy(logits, y))) <= 2 ** -7 * abs(float(got))

@@ -405,7 +405,7 @@ def saved_lse(lse, rest, from_logits):
     """The per-example lse of a forward (return_lse=True), as flat float64."""
     check_lse_applies(from_logits)
     lse_arr = as_array(lse, "lse")
-    if lse_arr.dtype.kind != "f":
+    if lse_arr.dtype.kind != "f" and not is_bfloat16(lse_arr.dtype):
         raise TypeError(f"lse must be a float array, got dtype {lse_arr.dtype}")
     if lse_arr.shape != rest:
         raise ValueError(f"lse must have the per-example shape {rest}, got {lse_arr.shape}")
@@ -441,6 +441,11 @@ def output_for(p, out, name="out"):
         raise ValueError(f"{name} is read-only")
     if p.target_rows is not None and np.may_share_memory(out, p.target_rows):
         raise ValueError(f"{name} must not overlap target")
+    # inputs the kernel reads while it writes out (used as given when their dtype is right)
+    for arg, arrays in (("weight", (p.class_weight, p.class_weight_64)), ("sample_weight", (p.row_weight,)),
+                        ("grad_output", (p.upstream_grad,)), ("lse", (p.lse_in,)), ("target", (p.labels,))):
+        if any(a is not None and np.may_share_memory(out, a) for a in arrays):
+            raise ValueError(f"{name} must not overlap {arg}")
     if out.dtype == x.dtype and out.size:
         view = rows_view(out, p.axes)[0]
         in_place = view.__array_interface__["data"][0] == x.__array_interface__["data"][0] \

@@ -314,7 +314,7 @@ typedef struct {
     int mode, target_kind, from_logits;
     int dtype;                    /* enum ce_dtype (_ce_half.h) of x, t and g */
     ce_view x;                    /* logits (read) */
-    ce_view t;                    /* dense target (read), same dtype as x */
+    ce_view t;                    /* dense target (read), x's dtype (float32 for half x) */
     ce_view g;                    /* gradient / softmax output (written) */
     const int64_t *labels;        /* class indices, n_rows, contiguous */
     int64_t ignore_index;

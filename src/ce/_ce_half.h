@@ -192,6 +192,19 @@ CE_INLINE void ce_half_rows_load(float *tile, const ce_view *v, Py_ssize_t r0, P
         ce_half_load(tile + (r - r0) * n, base + ce_offset(v, r, inner), n, v->s_class, bf);
 }
 
+/* tile (rows r0 .. r1 - 1, row-major) = float32 rows of v (dense targets of half logits are
+   float32: a probability or weight above 65504, or below float16's range, must survive) */
+CE_INLINE void ce_f32_rows_load(float *tile, const ce_view *v, Py_ssize_t r0, Py_ssize_t r1,
+                                Py_ssize_t n, Py_ssize_t inner)
+{
+    const float *base = (const float *)v->data;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        const float *row = base + ce_offset(v, r, inner);
+        for (Py_ssize_t c = 0; c < n; c++)
+            tile[(r - r0) * n + c] = row[c * v->s_class];
+    }
+}
+
 /* half rows r0 .. r1 - 1 of v = tile, rounded to nearest even */
 CE_INLINE void ce_half_rows_store(const ce_view *v, const float *tile, Py_ssize_t r0, Py_ssize_t r1,
                                   Py_ssize_t n, Py_ssize_t inner, const int bf)
@@ -263,7 +276,7 @@ CE_INLINE int ce_block_half(ce_problem *p, Py_ssize_t b, const int bf)
         const Py_ssize_t s1 = s0 + sub < r1 ? s0 + sub : r1;
         ce_half_rows_load(xt, &p->x, s0, s1, n, inner, bf);
         if (has_t)
-            ce_half_rows_load(tt, &p->t, s0, s1, n, inner, bf);
+            ce_f32_rows_load(tt, &p->t, s0, s1, n, inner);
         ce_problem q = ce_half_sub(p, s0, s1, xt, tt, &loss);
         status = ce_block_f32(&q, 0);
         if (status != 0)

@@ -579,7 +579,7 @@ cdef class Call:
                  name="logits"):
         cdef cnp.ndarray x, t
         cdef ce_problem *p = &self.p
-        cdef int nd, typenum, weight_type, overflow = 0
+        cdef int nd, typenum, real_type, overflow = 0
         cdef Py_ssize_t item, outer, bad, count = 0
         cdef cnp.npy_intp *st
         cdef double total = 0.0
@@ -613,8 +613,9 @@ cdef class Call:
         if p.dtype < 0:
             raise TypeError(f"ce: no kernel for the dtype {x.dtype}")
         self.is_double = p.dtype == CE_DTYPE_F64
-        # class weights are float32 for half-precision logits (the kernels compute in float32)
-        weight_type = cnp.NPY_FLOAT if p.dtype >= CE_DTYPE_F16 else typenum
+        # class weights and dense targets are float32 for half-precision logits (the kernels
+        # compute in float32; a target above 65504 must not overflow)
+        real_type = cnp.NPY_FLOAT if p.dtype >= CE_DTYPE_F16 else typenum
         nd = cnp.PyArray_NDIM(x)
         item = cnp.PyArray_ITEMSIZE(x)
         if type(axis) is int and (axis == -1 or axis == nd - 1) and nd <= 2 and row_major_ok(x):
@@ -677,8 +678,8 @@ cdef class Call:
             p.class_weight_sum = <double>p.n_classes
         elif (is_real_array(weight, False) and cnp.PyArray_NDIM(<cnp.ndarray>weight) == 1
                 and cnp.PyArray_DIM(<cnp.ndarray>weight, 0) == p.n_classes):
-            self.class_weight = weight if is_array(weight, weight_type) else cnp.PyArray_FROMANY(
-                weight, weight_type, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
+            self.class_weight = weight if is_array(weight, real_type) else cnp.PyArray_FROMANY(
+                weight, real_type, 0, 0, cnp.NPY_ARRAY_CARRAY | cnp.NPY_ARRAY_FORCECAST)
             self.class_weight_64 = as_float64_rows(<cnp.ndarray>weight)
             p.class_weight = cnp.PyArray_DATA(<cnp.ndarray>self.class_weight)
             p.class_weight_sum = weight_sum(<cnp.ndarray>self.class_weight_64, p.smoothing)
@@ -694,15 +695,15 @@ cdef class Call:
             p.target_kind = CE_TARGET_INDEX
             self.labels = target if nd == 2 else target.reshape(1)
         elif (self._rows is None and type(target) is cnp.ndarray
-                and cnp.PyArray_TYPE(<cnp.ndarray>target) == typenum
+                and cnp.PyArray_TYPE(<cnp.ndarray>target) == real_type
                 and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>target)
                 and same_shape(<cnp.ndarray>target, x) and row_major_ok(<cnp.ndarray>target)):
             p.target_kind = CE_TARGET_DENSE   # the logits' shape and dtype: its own rows view
             self.target_rows = target
-            set_output_view(&p.t, target, self, "target", False)
+            set_output_view(&p.t, target, self, "target", False, real_type)
         else:
             dense, self.labels, self.target_rows = _args.target_rows(
-                target, self.shape, self.rest, self.axes, x.dtype, p.n_classes)
+                target, self.shape, self.rest, self.axes, _args.kernel_real(x.dtype), p.n_classes)
             p.target_kind = CE_TARGET_DENSE if dense else CE_TARGET_INDEX
             if dense:
                 set_view(&p.t, self.target_rows)
@@ -758,6 +759,15 @@ cdef class Call:
             p.lse_in = <const double *>cnp.PyArray_DATA(<cnp.ndarray>self.lse_in)
         if p.dtype >= CE_DTYPE_F16:   # computed in float32: clip at the half dtype's eps
             p.clip = _args.eps(self.dtype)
+
+    cdef bint overlaps_inputs(self, cnp.ndarray out):
+        """out shares memory with an input the kernel reads besides the logits and the
+        target rows (then _args.output_for names it in its error)."""
+        for a in (self.class_weight, self.class_weight_64, self.row_weight, self.upstream_grad,
+                  self.lse_in, self.labels):
+            if a is not None and cnp.PyArray_SIZE(<cnp.ndarray>a) > 0 and overlaps(out, <cnp.ndarray>a):
+                return True
+        return False
 
     cdef bint per_example(self, cnp.ndarray a) noexcept:
         """`a` has the per-example shape (the class axis last of 1-d / 2-d logits only)."""
@@ -865,6 +875,7 @@ cdef class Call:
                     and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
                     and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>out) and row_major_ok(<cnp.ndarray>out)
                     and (self.target_rows is None or not overlaps(<cnp.ndarray>out, <cnp.ndarray>self.target_rows))
+                    and not self.overlaps_inputs(<cnp.ndarray>out)
                     and (not overlaps(<cnp.ndarray>out, x) or same_view(<cnp.ndarray>out, x))):
                 return out, out, None
         return _args.output_for(self, out)
@@ -905,7 +916,7 @@ cdef double weight_sum(cnp.ndarray w64, double smoothing):
 
 
 cdef inline int set_output_view(ce_view *v, object a, Call call, str name,
-                                bint written=True) except -1:
+                                bint written=True, int typenum=-1) except -1:
     """An array of the logits' computing dtype: the (outer, C, inner) rows view,
     or, when inner is 1, the 2-d (outer, C) / 1-d (C,) array itself."""
     cdef cnp.ndarray arr, x = <cnp.ndarray>call.x
@@ -915,7 +926,9 @@ cdef inline int set_output_view(ce_view *v, object a, Call call, str name,
         raise TypeError(f"ce._kernels.solve: {name} must be an ndarray")
     arr = <cnp.ndarray>a
     nd = cnp.PyArray_NDIM(arr)
-    if (cnp.PyArray_TYPE(arr) != cnp.PyArray_TYPE(x) or (written and not cnp.PyArray_ISWRITEABLE(arr))
+    if typenum < 0:
+        typenum = cnp.PyArray_TYPE(x)
+    if (cnp.PyArray_TYPE(arr) != typenum or (written and not cnp.PyArray_ISWRITEABLE(arr))
             or not cnp.PyArray_ISNOTSWAPPED(arr) or not row_major_ok(arr)):
         raise ValueError(f"ce._kernels.solve: {name} must be a writeable aligned native "
                          f"array of dtype {x.dtype}")

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from ._args import (Reduction, as_array, as_logits, c_array, check_count, check_top_k,
-                    dense_not_accepted, kernel_real, same_dtype)
+                    dense_not_accepted, is_bfloat16, kernel_real, same_dtype)
 from ._kernels import Call
 from ._score import Score, tally
 
@@ -74,7 +74,7 @@ class _Linear:
             self.b = None
         else:
             b = as_array(linear_bias, "linear_bias")
-            if b.dtype.kind not in "fiu":
+            if b.dtype.kind not in "fiu" and not is_bfloat16(b.dtype):
                 raise TypeError(f"linear_bias must be a real array, got dtype {b.dtype}")
             if b.shape != (n_classes,):
                 raise ValueError(f"linear_bias must have shape ({n_classes},) (one per class), "
