@@ -18,7 +18,7 @@ Axis = int | tuple[int, ...]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _KEYWORDS = """
-    logits : array_like of float16, float32 or float64
+    logits : array_like of float16, bfloat16, float32 or float64
         Unnormalised scores (probabilities with ``from_logits=False``), any
         shape with a class axis, any strides.
     target : array_like
@@ -227,27 +227,31 @@ def _transform(x, axis, out, kind):
 _TARGET_FREE = """
     Parameters
     ----------
-    x : array_like of float16, float32 or float64
+    x : array_like of float16, bfloat16, float32 or float64
         Any shape, any strides.
     axis : int or tuple of ints, default -1
         The class axis (or axes)."""
 
+# the out= parameter and the errors of the two transforms (log_softmax, softmax)
+_OUT = """
+    out : ndarray, optional
+        Where the result is written: x's shape and dtype (may be x itself)."""
+_RAISES_OUT = """    Raises
+    ------
+    TypeError, ValueError
+        A non-float x, a bad axis or out.
+"""
+
 
 @_doc("""log(softmax(x)) along `axis`, computed stably as x - logsumexp(x).
-""" + _TARGET_FREE + """
-    out : ndarray, optional
-        Where the result is written: x's shape and dtype (may be x itself).
+""" + _TARGET_FREE + _OUT + """
 
     Returns
     -------
     ndarray
         Of x's shape and dtype.
 
-    Raises
-    ------
-    TypeError, ValueError
-        A non-float x, a bad axis or out.
-
+""" + _RAISES_OUT + """
     Examples
     --------
     >>> import numpy as np, ce
@@ -259,20 +263,14 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, out: NDArray[Any] | None = None) 
 
 
 @_doc("""exp(x - logsumexp(x)) along `axis`.
-""" + _TARGET_FREE + """
-    out : ndarray, optional
-        Where the result is written: x's shape and dtype (may be x itself).
+""" + _TARGET_FREE + _OUT + """
 
     Returns
     -------
     ndarray
         Of x's shape and dtype; each row sums to 1.
 
-    Raises
-    ------
-    TypeError, ValueError
-        A non-float x, a bad axis or out.
-
+""" + _RAISES_OUT + """
     Examples
     --------
     >>> import numpy as np, ce
