@@ -10,17 +10,49 @@
 #define CE_CAT(a, b) CE_CAT2(a, b)
 #define CE_FN(name) CE_CAT(name, CE_SUFFIX)
 
-#define CE_L (64 / (int)sizeof(CE_REAL))   /* lanes of the row kernel: 16 floats, 8 doubles */
+#define CE_L (64 / (int)sizeof(CE_REAL))   /* lanes of one 64-byte vector: 16 floats, 8 doubles */
+#define CE_W (CE_ROW_VECTORS * CE_L)         /* lanes of a wide step */
 
-static const CE_REAL CE_FN(ce_lane)[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+static const CE_REAL CE_FN(ce_lane)[64] = {   /* >= CE_W */
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27,
+    28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52,
+    53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
 
-/* The row kernel's reductions keep CE_L partial results in a lane array that
-   gcc holds in vector registers; a row of n >= CE_L elements is covered by
-   steps of CE_L, the last one overlapping the one before (lanes below `skip`
-   were already counted), so no step runs a scalar remainder. */
+/* The row kernel's reductions keep w partial results in a lane array that
+   gcc holds in vector registers: w = CE_W (four vectors, four independent
+   dependency chains) for rows of at least CE_W, else 2 CE_L or CE_L. A row of
+   n >= w elements is covered by steps of w, the last one overlapping the one
+   before (lanes below `skip` were already counted), so no step runs a scalar
+   remainder. The steps before the last have skip = 0 and a constant w, which
+   is what lets gcc drop the masking from them. */
 
-/* max of x[0, n) (NaN skipped; exp(NaN) spreads it later) and the first index holding it */
-CE_INLINE CE_REAL CE_FN(ce_lane_max_full)(const CE_REAL *x, Py_ssize_t n, int64_t *arg)
+/* max of x[0, n), n >= w (NaN skipped; exp(NaN) spreads it later); branch-free */
+CE_INLINE CE_REAL CE_FN(ce_max_steps)(const CE_REAL *x, Py_ssize_t n, const int w)
+{
+    CE_REAL mx[CE_W];
+    for (int j = 0; j < w; j++)
+        mx[j] = -INFINITY;
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += w) {
+        const Py_ssize_t b = c0 + w <= n ? c0 : n - w;   /* overlap: max is idempotent */
+#pragma omp simd
+        for (int j = 0; j < w; j++) {
+            CE_REAL v = x[b + j];
+            mx[j] = v > mx[j] ? v : mx[j];
+        }
+    }
+    for (int k = CE_L; k < w; k += CE_L)   /* the vectors folded into one, then its lanes */
+#pragma omp simd
+        for (int j = 0; j < CE_L; j++)
+            mx[j] = mx[k + j] > mx[j] ? mx[k + j] : mx[j];
+    for (int h = CE_L / 2; h >= 1; h /= 2)
+        for (int j = 0; j < h; j++)
+            mx[j] = mx[j + h] > mx[j] ? mx[j + h] : mx[j];
+    return mx[0];
+}
+
+/* the max and the first index holding it (lane indices as CE_REAL: exact
+   below 2^24, a scan above) */
+CE_INLINE CE_REAL CE_FN(ce_argmax_steps)(const CE_REAL *x, Py_ssize_t n, int64_t *arg)
 {
     CE_REAL mx[CE_L], mi[CE_L];
     for (int j = 0; j < CE_L; j++) {
@@ -43,27 +75,26 @@ CE_INLINE CE_REAL CE_FN(ce_lane_max_full)(const CE_REAL *x, Py_ssize_t n, int64_
         m = mx[j] > m ? mx[j] : m;
     for (int j = 0; j < CE_L; j++)
         first = mx[j] == m && mi[j] < first ? mi[j] : first;
-    if (arg) {
-        if (sizeof(CE_REAL) == 4 && n > (1 << 24)) {   /* float lane indices are inexact there */
-            Py_ssize_t c = 0;
-            while (c < n && x[c] != m)
-                c++;
-            *arg = c < n ? c : 0;
-        } else {
-            *arg = m == -INFINITY ? 0 : (int64_t)first;
-        }
+    if (sizeof(CE_REAL) == 4 && n > (1 << 24)) {   /* float lane indices are inexact there */
+        Py_ssize_t c = 0;
+        while (c < n && x[c] != m)
+            c++;
+        *arg = c < n ? c : 0;
+    } else {
+        *arg = m == -INFINITY ? 0 : (int64_t)first;
     }
     return m;
 }
 
-/* one step of the exp pass over x[0, CE_L): e = exp(x - m), stored in g
-   (when store) for the lanes not yet done; acc gets e except in lane yr (the
+/* one step of the exp pass over x[0, w): e = exp(x - m), stored in g (when
+   store) for the lanes not yet done; acc gets e except in lane yr (the
    target), cnt counts the lanes with x > xy (when count) */
 CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_REAL skip, CE_REAL yr,
-                                  CE_REAL xy, CE_REAL *acc, CE_REAL *cnt, const int store, const int count)
+                                  CE_REAL xy, CE_REAL *acc, CE_REAL *cnt, const int w, const int store,
+                                  const int count)
 {
 #pragma omp simd
-    for (int j = 0; j < CE_L; j++) {
+    for (int j = 0; j < w; j++) {
         CE_REAL e = CE_EXP(x[j] - m);
         int fresh = CE_FN(ce_lane)[j] >= skip;
         if (count)   /* before the store: g may be x */
@@ -74,79 +105,121 @@ CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_RE
     }
 }
 
-/* lane sums into double lanes (every CE_CHUNK elements, so float lanes stay short) */
-CE_INLINE void CE_FN(ce_flush)(double *dacc, CE_REAL *acc)
+/* lane sums into double lanes (every CE_CHUNK / CE_L steps, so that a float
+   lane never adds up more than that many terms) */
+CE_INLINE void CE_FN(ce_flush)(double *dacc, CE_REAL *acc, const int w)
 {
 #pragma omp simd
-    for (int j = 0; j < CE_L; j++) {
+    for (int j = 0; j < w; j++) {
         dacc[j] += (double)acc[j];
         acc[j] = 0;
     }
 }
 
-/* the lanes added up in a fixed tree order */
-CE_INLINE double CE_FN(ce_lanes_total)(double *d)
+/* the lanes added up in a fixed order: the vectors into the first, then a tree */
+CE_INLINE double CE_FN(ce_lanes_total)(double *d, const int w)
 {
+    for (int k = CE_L; k < w; k += CE_L)
+#pragma omp simd
+        for (int j = 0; j < CE_L; j++)
+            d[j] += d[k + j];
     for (int h = CE_L / 2; h >= 1; h /= 2)
         for (int j = 0; j < h; j++)
             d[j] += d[j + h];
     return d[0];
 }
 
-/* Sum of exp(x[c] - m) over c != y in [0, n), n >= CE_L (y < 0: all c), each
+/* Sum of exp(x[c] - m) over c != y in [0, n), n >= w (y < 0: all c), each
    exp stored in g[c] when g (g may be x); *rank (when rank) gets the count of
-   x[c] > xy. */
-CE_INLINE double CE_FN(ce_lane_exp_full)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
-                                         CE_REAL xy, int64_t *rank)
+   x[c] > xy. Each step prefetches the same span of pf (the next row, or
+   NULL), so that the next row's max pass reads from cache while this pass
+   computes. */
+CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
+                                     CE_REAL xy, int64_t *rank, const CE_REAL *pf, const int w,
+                                     const int store, const int count)
 {
-    CE_REAL acc[CE_L], cnt[CE_L];
-    double dacc[CE_L], dcnt[CE_L];
-    for (int j = 0; j < CE_L; j++) {
-        acc[j] = cnt[j] = 0;
-        dacc[j] = dcnt[j] = 0;
+    CE_REAL acc[CE_W], cnt[CE_W];
+    double dacc[CE_W], dcnt[CE_W];
+    for (int j = 0; j < w; j++)   /* only the w lanes in use, and the counts only when counted */
+        acc[j] = 0;
+    for (int j = 0; j < w; j++)
+        dacc[j] = 0;
+    if (count) {
+        for (int j = 0; j < w; j++)
+            cnt[j] = 0;
+        for (int j = 0; j < w; j++)
+            dcnt[j] = 0;
     }
-    for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_L) {
-        const Py_ssize_t b = c0 + CE_L <= n ? c0 : n - CE_L;
-        const Py_ssize_t dy = y - b;
-        const CE_REAL skip = (CE_REAL)(c0 - b), yr = dy >= 0 && dy < CE_L ? (CE_REAL)dy : (CE_REAL)-1;
-        if (g && rank)
-            CE_FN(ce_exp_step)(x + b, g + b, m, skip, yr, xy, acc, cnt, 1, 1);
-        else if (g)
-            CE_FN(ce_exp_step)(x + b, g + b, m, skip, yr, xy, acc, cnt, 1, 0);
-        else if (rank)
-            CE_FN(ce_exp_step)(x + b, NULL, m, skip, yr, xy, acc, cnt, 0, 1);
-        else
-            CE_FN(ce_exp_step)(x + b, NULL, m, skip, yr, xy, acc, cnt, 0, 0);
-        if ((c0 + CE_L) % CE_CHUNK == 0 || c0 + CE_L >= n) {
-            CE_FN(ce_flush)(dacc, acc);
-            CE_FN(ce_flush)(dcnt, cnt);
+    const Py_ssize_t run = (Py_ssize_t)w * (CE_CHUNK / CE_L);   /* elements between flushes */
+    Py_ssize_t c0 = 0;
+    for (; c0 + w < n; c0 += w) {   /* every step but the last: no lane skipped */
+        const Py_ssize_t dy = y - c0;
+        const CE_REAL yr = dy >= 0 && dy < w ? (CE_REAL)dy : (CE_REAL)-1;
+        if (pf)
+            for (int j = 0; j < w; j += CE_L)   /* one 64-byte line per vector */
+                __builtin_prefetch(pf + c0 + j);
+        CE_FN(ce_exp_step)(x + c0, store ? g + c0 : NULL, m, 0, yr, xy, acc, cnt, w, store, count);
+        if ((c0 + w) % run == 0) {
+            CE_FN(ce_flush)(dacc, acc, w);
+            if (count)
+                CE_FN(ce_flush)(dcnt, cnt, w);
         }
     }
+    const Py_ssize_t b = n - w, dy = y - b;   /* the last step, overlapping the one before */
+    const CE_REAL skip = (CE_REAL)(c0 - b), yr = dy >= 0 && dy < w ? (CE_REAL)dy : (CE_REAL)-1;
+    if (pf)
+        for (int j = 0; j < w; j += CE_L)
+            __builtin_prefetch(pf + b + j);
+    CE_FN(ce_exp_step)(x + b, store ? g + b : NULL, m, skip, yr, xy, acc, cnt, w, store, count);
+    CE_FN(ce_flush)(dacc, acc, w);
+    if (count) {
+        CE_FN(ce_flush)(dcnt, cnt, w);
+        *rank = (int64_t)CE_FN(ce_lanes_total)(dcnt, w);
+    }
+    return CE_FN(ce_lanes_total)(dacc, w);
+}
+
+CE_INLINE double CE_FN(ce_exp_width)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
+                                     CE_REAL xy, int64_t *rank, const CE_REAL *pf, const int w)
+{
+    if (g && rank)
+        return CE_FN(ce_exp_steps)(x, g, n, m, y, xy, rank, pf, w, 1, 1);
+    if (g)
+        return CE_FN(ce_exp_steps)(x, g, n, m, y, xy, rank, pf, w, 1, 0);
     if (rank)
-        *rank = (int64_t)CE_FN(ce_lanes_total)(dcnt);
-    return CE_FN(ce_lanes_total)(dacc);
+        return CE_FN(ce_exp_steps)(x, g, n, m, y, xy, rank, pf, w, 0, 1);
+    return CE_FN(ce_exp_steps)(x, g, n, m, y, xy, rank, pf, w, 0, 0);
 }
 
 /* Rows shorter than CE_L: padded with -inf (exp 0, never the max) to one step. */
 CE_INLINE CE_REAL CE_FN(ce_lane_max)(const CE_REAL *x, Py_ssize_t n, int64_t *arg)
 {
-    if (n >= CE_L)
-        return CE_FN(ce_lane_max_full)(x, n, arg);
-    CE_REAL xb[CE_L];
-    for (int j = 0; j < CE_L; j++)
-        xb[j] = j < n ? x[j] : -INFINITY;
-    return CE_FN(ce_lane_max_full)(xb, CE_L, arg);
+    if (n < CE_L) {
+        CE_REAL xb[CE_L];
+        for (int j = 0; j < CE_L; j++)
+            xb[j] = j < n ? x[j] : -INFINITY;
+        return arg ? CE_FN(ce_argmax_steps)(xb, CE_L, arg) : CE_FN(ce_max_steps)(xb, CE_L, CE_L);
+    }
+    if (arg)
+        return CE_FN(ce_argmax_steps)(x, n, arg);
+    return n >= CE_W ? CE_FN(ce_max_steps)(x, n, CE_W)
+         : n >= 2 * CE_L ? CE_FN(ce_max_steps)(x, n, 2 * CE_L) : CE_FN(ce_max_steps)(x, n, CE_L);
 }
 
+/* pf: the next row to prefetch, or NULL */
 CE_INLINE double CE_FN(ce_lane_exp)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
-                                    CE_REAL xy, int64_t *rank)
+                                    CE_REAL xy, int64_t *rank, const CE_REAL *pf)
 {
+    if (n >= CE_W)
+        return CE_FN(ce_exp_width)(x, g, n, m, y, xy, rank, pf, CE_W);
+    if (n >= 2 * CE_L)
+        return CE_FN(ce_exp_width)(x, g, n, m, y, xy, rank, pf, 2 * CE_L);
     if (n >= CE_L)
-        return CE_FN(ce_lane_exp_full)(x, g, n, m, y, xy, rank);
+        return CE_FN(ce_exp_width)(x, g, n, m, y, xy, rank, pf, CE_L);
     CE_REAL xb[CE_L], gb[CE_L];
     for (int j = 0; j < CE_L; j++)
         xb[j] = j < n ? x[j] : -INFINITY;
-    double s = CE_FN(ce_lane_exp_full)(xb, g ? gb : NULL, CE_L, m, y, xy, rank);
+    double s = CE_FN(ce_exp_width)(xb, g ? gb : NULL, CE_L, m, y, xy, rank, NULL, CE_L);
     if (g)
         memcpy(g, gb, (size_t)n * sizeof(CE_REAL));
     return s;
@@ -290,6 +363,7 @@ typedef struct {
     double w_y;        /* class weight of y (1 when none) */
     double gi;         /* upstream gradient times the sample weight */
     int masked;
+    const CE_REAL *next;   /* the next row's logits, prefetched during the exp pass (or NULL) */
 } CE_FN(ce_row_info);
 
 CE_INLINE CE_FN(ce_row_info) CE_FN(ce_info)(const ce_problem *p, Py_ssize_t r)
@@ -305,6 +379,7 @@ CE_INLINE CE_FN(ce_row_info) CE_FN(ce_info)(const ce_problem *p, Py_ssize_t r)
     in.gi = in.masked ? 0.0 : p->grad_scale * (p->row_grad ? p->row_grad[r] : 1.0) * in.sw;
     if (in.masked)
         in.sw = 0.0;
+    in.next = NULL;
     return in;
 }
 
@@ -320,13 +395,13 @@ CE_INLINE void CE_FN(ce_row_grad_lse)(const ce_problem *p, Py_ssize_t r, CE_FN(c
         memset(g, 0, (size_t)n * sizeof(CE_REAL));
     } else if (in.y >= 0) {
         double A = ce_coef_index(k, in.w_y, lse);
-        double other = CE_FN(ce_lane_exp)(x, g, n, (CE_REAL)lse, in.y, 0, NULL);   /* g = softmax */
+        double other = CE_FN(ce_lane_exp)(x, g, n, (CE_REAL)lse, in.y, 0, NULL, in.next);   /* g = softmax */
         CE_FN(ce_scale)(g, w, n, (CE_REAL)(in.gi * A), (CE_REAL)(in.gi * k.eps_n));
         g[in.y] = (CE_REAL)(in.gi * ce_target_entry(k, A, in.w_y, other, lse));
     } else {
         CE_REAL a = (CE_REAL)k.one_eps, b = (CE_REAL)k.eps_n;
         double T = CE_FN(ce_sum_target)(t, w, n, a, b);
-        CE_FN(ce_lane_exp)(x, g, n, (CE_REAL)lse, -1, 0, NULL);
+        CE_FN(ce_lane_exp)(x, g, n, (CE_REAL)lse, -1, 0, NULL, in.next);
         CE_FN(ce_scale_dense)(g, t, w, n, (CE_REAL)(in.gi * ce_coef_dense(k, T, lse)), (CE_REAL)in.gi, a, b);
     }
 }
@@ -363,7 +438,7 @@ CE_INLINE double CE_FN(ce_row_index)(const ce_problem *p, Py_ssize_t r, CE_FN(ce
     const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
     const CE_REAL xy = x[in.y];
     double shift = k.eps_n > 0 ? CE_FN(ce_sum_shift)(x, w, n, m) : 0.0;
-    double s_other = CE_FN(ce_lane_exp)(x, g, n, m, in.y, xy, p->row_rank ? p->row_rank + r : NULL);
+    double s_other = CE_FN(ce_lane_exp)(x, g, n, m, in.y, xy, p->row_rank ? p->row_rank + r : NULL, in.next);
     CE_FN(ce_index_stats) o = CE_FN(ce_index_finish)(k, in, m, xy, s_other, shift);
     if (g) {
         CE_FN(ce_scale)(g, w, n, (CE_REAL)o.k1, (CE_REAL)(in.gi * k.eps_n));
@@ -383,7 +458,7 @@ CE_INLINE double CE_FN(ce_row_dense)(const ce_problem *p, CE_FN(ce_row_info) in,
     const CE_REAL a = (CE_REAL)k.one_eps, b = (CE_REAL)k.eps_n;
     double T;
     double shifted = CE_FN(ce_sum_dense)(x, t, w, n, m, a, b, &T);
-    double s = CE_FN(ce_lane_exp)(x, g, n, m, -1, 0, NULL);
+    double s = CE_FN(ce_lane_exp)(x, g, n, m, -1, 0, NULL, in.next);
     double log_s = ce_log_d(s);
     double lse = (double)m + log_s;
     if (g)
@@ -397,7 +472,7 @@ CE_INLINE double CE_FN(ce_row_free)(const ce_problem *p, Py_ssize_t r, CE_FN(ce_
                                     const CE_REAL *x, CE_REAL *g, CE_REAL m, int store)
 {
     const Py_ssize_t n = p->n_classes;
-    double s = CE_FN(ce_lane_exp)(x, store ? g : NULL, n, m, -1, 0, NULL);
+    double s = CE_FN(ce_lane_exp)(x, store ? g : NULL, n, m, -1, 0, NULL, in.next);
     double lse = (double)m + ce_log_d(s);
     if (store && p->mode == CE_MODE_SOFTMAX)
         CE_FN(ce_scale)(g, NULL, n, (CE_REAL)(1.0 / s), 0);
@@ -417,11 +492,13 @@ CE_INLINE double CE_FN(ce_row_free)(const ce_problem *p, Py_ssize_t r, CE_FN(ce_
 }
 
 /* One row of a problem: writes the row outputs and g (when the mode has one);
-   returns the row's weighted loss. */
-CE_INLINE double CE_FN(ce_row)(ce_problem *p, Py_ssize_t r, const CE_REAL *x, const CE_REAL *t, CE_REAL *g)
+   returns the row's weighted loss. next: the next row's logits, or NULL. */
+CE_INLINE double CE_FN(ce_row)(ce_problem *p, Py_ssize_t r, const CE_REAL *x, const CE_REAL *t, CE_REAL *g,
+                               const CE_REAL *next)
 {
     const Py_ssize_t n = p->n_classes;
-    const CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+    CE_FN(ce_row_info) in = CE_FN(ce_info)(p, r);
+    in.next = next;
     if (p->from_logits && p->mode == CE_MODE_GRAD_LSE) {
         CE_FN(ce_row_grad_lse)(p, r, in, x, t, g);
         return 0.0;
@@ -502,7 +579,7 @@ typedef struct {
 
 /* labels, weights and the target logit of each row (yf = -1: no target) */
 CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, const CE_REAL *x,
-                                    Py_ssize_t xs, CE_FN(ce_cols) *T)
+                                    Py_ssize_t xs, Py_ssize_t rs, CE_FN(ce_cols) *T)
 {
     if (p->target_kind == CE_TARGET_INDEX && !p->row_weight && !p->row_grad && !p->class_weight) {
         const int64_t *lab = p->labels + r0;
@@ -527,7 +604,7 @@ CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize
         }
     }
     for (Py_ssize_t i = 0; i < nr; i++)
-        T->xy[i] = x[T->yi[i] * xs + i];
+        T->xy[i] = x[T->yi[i] * xs + i * rs];
 }
 
 /* row maxima (NaN skipped) and the first class holding each */
@@ -749,7 +826,7 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
 {
     CE_FN(ce_cols) T;
     const int store = p->mode == CE_MODE_FUSED || p->mode == CE_MODE_SOFTMAX;
-    CE_FN(ce_cols_setup)(p, r0, nr, x, xs, &T);
+    CE_FN(ce_cols_setup)(p, r0, nr, x, xs, 1, &T);
     CE_FN(ce_cols_max)(x, xs, nr, p->n_classes, &T);
     CE_FN(ce_cols_shift)(p, x, xs, t, ts, nr, &T);
     CE_FN(ce_cols_exp)(x, xs, g, gs, nr, p->n_classes, store, p->row_rank != NULL, &T);
@@ -815,6 +892,111 @@ CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_
     return total;
 }
 
+/* The row-major kernel for contiguous rows: the max and exp passes run along
+   each row (wide vector steps), and what is left per row (the target's exp,
+   the log, the loss, the gradient's coefficients) runs vectorized across the
+   rows with the class-major kernel's code: at C of a few dozen to a few
+   hundred those scalar tails, not the passes, were most of a row's cost. */
+static int CE_FN(ce_rows_ok)(const ce_problem *p)
+{
+    return p->from_logits && p->mode != CE_MODE_GRAD_LSE && p->softcap == 0
+        && !(p->target_kind == CE_TARGET_NONE && p->mode == CE_MODE_FUSED)
+        && p->x.s_class == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_class == 1)
+        && (p->g.data == NULL || p->g.s_class == 1);
+}
+
+/* the per-row passes of rows r0 .. r0 + nr - 1 into T (m, so, ss, st, and
+   the exps into g when store) */
+CE_INLINE void CE_FN(ce_rows_scan)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, int store, CE_FN(ce_cols) *T)
+{
+    const Py_ssize_t n = p->n_classes, inner = p->inner;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const int dense = p->target_kind == CE_TARGET_DENSE;
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    const CE_REAL ta = (CE_REAL)k.one_eps, tb = (CE_REAL)k.eps_n;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        const Py_ssize_t r = r0 + i;
+        const CE_REAL *x = (const CE_REAL *)p->x.data + ce_offset(&p->x, r, inner);
+        const CE_REAL *next = i + 1 < nr ? (const CE_REAL *)p->x.data + ce_offset(&p->x, r + 1, inner) : NULL;
+        CE_REAL *g = store ? (CE_REAL *)p->g.data + ce_offset(&p->g, r, inner) : NULL;
+        const Py_ssize_t y = T->yf[i] >= 0 ? T->yi[i] : -1;
+        int64_t arg, rank = 0;
+        CE_REAL m = CE_FN(ce_lane_max)(x, n, p->row_argmax ? &arg : NULL);
+        if (p->row_argmax)
+            p->row_argmax[r] = arg;
+        T->m[i] = m;
+        T->ss[i] = T->st[i] = 0.0;
+        if (dense && T->sw[i] != 0) {
+            const CE_REAL *t = (const CE_REAL *)p->t.data + ce_offset(&p->t, r, inner);
+            T->ss[i] = CE_FN(ce_sum_dense)(x, t, w, n, m, ta, tb, &T->st[i]);
+        } else if (y >= 0 && k.eps_n > 0) {
+            T->ss[i] = CE_FN(ce_sum_shift)(x, w, n, m);
+        }
+        T->so[i] = CE_FN(ce_lane_exp)(x, g, n, m, y, T->xy[i], p->row_rank && y >= 0 ? &rank : NULL, next);
+        if (p->row_rank && !dense)
+            p->row_rank[r] = rank;   /* 0 for a masked row */
+    }
+}
+
+/* the gradient rows from the exps in g: g = e * k1 - k2 * w (t'), then the
+   target entry; a masked row of the fused mode is all zeros */
+CE_INLINE void CE_FN(ce_rows_grad)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, CE_FN(ce_cols) *T)
+{
+    const Py_ssize_t n = p->n_classes, inner = p->inner;
+    const CE_REAL *w = (const CE_REAL *)p->class_weight;
+    const int dense = p->target_kind == CE_TARGET_DENSE;
+    const ce_consts k = ce_consts_of(p->smoothing, n, p->class_weight_sum, p->z_loss);
+    const CE_REAL ta = (CE_REAL)k.one_eps, tb = (CE_REAL)k.eps_n;
+    if (p->mode != CE_MODE_LOG_SOFTMAX)
+        CE_FN(ce_cols_coefs)(p, nr, T);
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        const Py_ssize_t r = r0 + i;
+        CE_REAL *g = (CE_REAL *)p->g.data + ce_offset(&p->g, r, inner);
+        if (p->mode == CE_MODE_LOG_SOFTMAX) {
+            const CE_REAL *x = (const CE_REAL *)p->x.data + ce_offset(&p->x, r, inner);
+            const CE_REAL l = (CE_REAL)T->lse[i];
+#pragma omp simd
+            for (Py_ssize_t c = 0; c < n; c++)
+                g[c] = x[c] - l;
+        } else if (p->mode == CE_MODE_FUSED && T->sw[i] == 0) {
+            memset(g, 0, (size_t)n * sizeof(CE_REAL));   /* even against NaN logits */
+        } else if (dense) {
+            const CE_REAL *t = (const CE_REAL *)p->t.data + ce_offset(&p->t, r, inner);
+            CE_FN(ce_scale_dense)(g, t, w, n, T->k1[i], T->k2[i], ta, tb);
+        } else {
+            CE_FN(ce_scale)(g, w, n, T->k1[i], T->k2[i]);
+            if (p->mode == CE_MODE_FUSED && T->yf[i] >= 0)
+                g[T->yi[i]] = (CE_REAL)T->gy[i];
+        }
+    }
+}
+
+/* rows [r0, r1) through the row-major kernel, CE_SMALL_ROWS at a time */
+CE_INLINE double CE_FN(ce_block_rows)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r1)
+{
+    const int store = p->mode == CE_MODE_FUSED || p->mode == CE_MODE_SOFTMAX;
+    CE_FN(ce_cols) T;
+    double total = 0.0;
+    for (Py_ssize_t r = r0; r < r1; r += CE_SMALL_ROWS) {
+        const Py_ssize_t nr = r1 - r < CE_SMALL_ROWS ? r1 - r : CE_SMALL_ROWS;
+        /* the target logit is read through the row stride (class stride 1) */
+        CE_FN(ce_cols_setup)(p, r, nr, (const CE_REAL *)p->x.data + ce_offset(&p->x, r, p->inner), 1,
+                             p->inner == 1 ? p->x.s_outer : 0, &T);
+        if (p->inner != 1)   /* rows of one outer index are not evenly spaced in general */
+            for (Py_ssize_t i = 0; i < nr; i++)
+                T.xy[i] = ((const CE_REAL *)p->x.data + ce_offset(&p->x, r + i, p->inner))[T.yi[i]];
+        CE_FN(ce_rows_scan)(p, r, nr, store, &T);
+        total += CE_FN(ce_cols_finish)(p, nr, &T);
+        if (p->row_loss)
+            memcpy(p->row_loss + r, T.loss, (size_t)nr * sizeof(double));
+        if (p->row_lse)
+            memcpy(p->row_lse + r, T.lse, (size_t)nr * sizeof(double));
+        if (p->g.data && p->mode != CE_MODE_FORWARD)
+            CE_FN(ce_rows_grad)(p, r, nr, &T);
+    }
+    return total;
+}
+
 /* Rows [b * block_rows, ...) of the problem; adds their losses in row order
    into block_loss[b]. Scratch tiles are used only for strided rows, a strided
    gradient or the soft cap. Returns 0, or -1 when the scratch tile could not be
@@ -834,6 +1016,13 @@ CE_INLINE int CE_BODY(CE_FN(ce_block))(ce_problem *p, Py_ssize_t b)
     CE_REAL *scratch = NULL;
     if (CE_FN(ce_columns_ok)(p)) {
         double acc = CE_FN(ce_block_columns)(p, r0, r1);
+        if (p->block_loss)
+            p->block_loss[b] = acc;
+        CE_FTZ_OFF(csr);
+        return 0;
+    }
+    if (CE_FN(ce_rows_ok)(p)) {
+        double acc = CE_FN(ce_block_rows)(p, r0, r1);
         if (p->block_loss)
             p->block_loss[b] = acc;
         CE_FTZ_OFF(csr);
@@ -862,7 +1051,10 @@ CE_INLINE int CE_BODY(CE_FN(ce_block))(ce_problem *p, Py_ssize_t b)
         }
         if (tile_g)
             g = scratch + 2 * n;
-        acc += CE_FN(ce_row)(p, r, x, t, g);
+        /* contiguous rows: the next one is prefetched (a gathered row is in cache) */
+        const CE_REAL *next = !tile_x && r + 1 < r1 ? (const CE_REAL *)p->x.data + ce_offset(&p->x, r + 1, inner)
+                                                    : NULL;
+        acc += CE_FN(ce_row)(p, r, x, t, g, next);
         if (tile_g) {
             if (p->softcap > 0 && p->mode != CE_MODE_SOFTMAX && p->mode != CE_MODE_LOG_SOFTMAX) {
                 /* chain rule of cap * tanh(x / cap): times 1 - tanh^2 */
@@ -933,7 +1125,7 @@ CE_INLINE int CE_BODY(CE_FN(ce_split_scan))(const ce_problem *p, ce_seg *segs, P
     /* a segment of -inf (and NaN) only: exps taken against 0, so -inf gives 0
        and NaN stays NaN; the merge weighs the segment by 0 (or NaN) */
     CE_REAL shift = m == -INFINITY ? (CE_REAL)0 : m;
-    double s = CE_FN(ce_lane_exp)(xr + c0, g, len, shift, yl, xy, p->row_rank && in.y >= 0 ? &cnt : NULL);
+    double s = CE_FN(ce_lane_exp)(xr + c0, g, len, shift, yl, xy, p->row_rank && in.y >= 0 ? &cnt : NULL, NULL);
     ce_seg *sg = segs + item;
     sg->m = (double)m;
     sg->s = s;
@@ -1021,7 +1213,7 @@ CE_INLINE int CE_BODY(CE_FN(ce_split_apply))(const ce_problem *p, ce_seg *segs, 
         const ce_consts k = ce_consts_of(p->smoothing, p->n_classes, p->class_weight_sum, p->z_loss);
         const double lse = p->lse_in[r];
         const Py_ssize_t yl = in.y >= c0 && in.y < c0 + len ? in.y - c0 : -1;
-        sg->s = CE_FN(ce_lane_exp)(x, g, len, (CE_REAL)lse, yl, 0, NULL);   /* g = softmax */
+        sg->s = CE_FN(ce_lane_exp)(x, g, len, (CE_REAL)lse, yl, 0, NULL, NULL);   /* g = softmax */
         CE_FN(ce_scale)(g, w, len, (CE_REAL)(in.gi * ce_coef_index(k, in.w_y, lse)), (CE_REAL)(in.gi * k.eps_n));
     } else if (p->mode == CE_MODE_LOG_SOFTMAX) {
         const CE_REAL l = (CE_REAL)sg->k1;
