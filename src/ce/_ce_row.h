@@ -44,10 +44,13 @@ CE_INLINE CE_REAL CE_FN(ce_max_steps)(const CE_REAL *x, Py_ssize_t n, const int 
 #pragma omp simd
         for (int j = 0; j < CE_L; j++)
             mx[j] = mx[k + j] > mx[j] ? mx[k + j] : mx[j];
-    for (int h = CE_L / 2; h >= 1; h /= 2)
-        for (int j = 0; j < h; j++)
-            mx[j] = mx[j + h] > mx[j] ? mx[j + h] : mx[j];
-    return mx[0];
+    for (int j = 0; j < 8 && CE_L == 16; j++)   /* the lanes to 8, then a tree in registers */
+        mx[j] = mx[j + 8] > mx[j] ? mx[j + 8] : mx[j];
+    CE_REAL a = mx[4] > mx[0] ? mx[4] : mx[0], b = mx[5] > mx[1] ? mx[5] : mx[1];
+    CE_REAL c = mx[6] > mx[2] ? mx[6] : mx[2], d = mx[7] > mx[3] ? mx[7] : mx[3];
+    a = c > a ? c : a;
+    b = d > b ? d : b;
+    return b > a ? b : a;
 }
 
 /* the max and the first index holding it (lane indices as CE_REAL: exact
@@ -123,10 +126,9 @@ CE_INLINE double CE_FN(ce_lanes_total)(double *d, const int w)
 #pragma omp simd
         for (int j = 0; j < CE_L; j++)
             d[j] += d[k + j];
-    for (int h = CE_L / 2; h >= 1; h /= 2)
-        for (int j = 0; j < h; j++)
-            d[j] += d[j + h];
-    return d[0];
+    for (int j = 0; j < 8 && CE_L == 16; j++)   /* the lanes to 8, then a tree in registers */
+        d[j] += d[j + 8];
+    return ((d[0] + d[4]) + (d[2] + d[6])) + ((d[1] + d[5]) + (d[3] + d[7]));
 }
 
 /* Sum of exp(x[c] - m) over c != y in [0, n), n >= w (y < 0: all c), each
@@ -603,7 +605,7 @@ CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize
             T->gi[i] = in.gi;
         }
     }
-    for (Py_ssize_t i = 0; i < nr; i++)
+    for (Py_ssize_t i = 0; x && i < nr; i++)   /* x NULL: the caller reads them */
         T->xy[i] = x[T->yi[i] * xs + i * rs];
 }
 
@@ -925,6 +927,7 @@ CE_INLINE void CE_FN(ce_rows_scan)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
         if (p->row_argmax)
             p->row_argmax[r] = arg;
         T->m[i] = m;
+        T->xy[i] = x[T->yi[i]];
         T->ss[i] = T->st[i] = 0.0;
         if (dense && T->sw[i] != 0) {
             const CE_REAL *t = (const CE_REAL *)p->t.data + ce_offset(&p->t, r, inner);
@@ -979,12 +982,7 @@ CE_INLINE double CE_FN(ce_block_rows)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r
     double total = 0.0;
     for (Py_ssize_t r = r0; r < r1; r += CE_SMALL_ROWS) {
         const Py_ssize_t nr = r1 - r < CE_SMALL_ROWS ? r1 - r : CE_SMALL_ROWS;
-        /* the target logit is read through the row stride (class stride 1) */
-        CE_FN(ce_cols_setup)(p, r, nr, (const CE_REAL *)p->x.data + ce_offset(&p->x, r, p->inner), 1,
-                             p->inner == 1 ? p->x.s_outer : 0, &T);
-        if (p->inner != 1)   /* rows of one outer index are not evenly spaced in general */
-            for (Py_ssize_t i = 0; i < nr; i++)
-                T.xy[i] = ((const CE_REAL *)p->x.data + ce_offset(&p->x, r + i, p->inner))[T.yi[i]];
+        CE_FN(ce_cols_setup)(p, r, nr, NULL, 0, 0, &T);   /* the scan reads each target logit */
         CE_FN(ce_rows_scan)(p, r, nr, store, &T);
         total += CE_FN(ce_cols_finish)(p, nr, &T);
         if (p->row_loss)
