@@ -538,12 +538,33 @@ CE_INLINE double CE_FN(ce_row)(ce_problem *p, Py_ssize_t r, const CE_REAL *x, co
 CE_INLINE void CE_FN(ce_gather)(CE_REAL *dst, const CE_REAL *src, Py_ssize_t n, Py_ssize_t stride,
                                 double cap)
 {
-    if (cap > 0) {
+    if (cap > 0 && sizeof(CE_REAL) == 4) {   /* float32 (and half): the vectorized tanh */
+        const double inv = 1.0 / cap;   /* a product, not a vector division per element */
+#pragma omp simd
+        for (Py_ssize_t c = 0; c < n; c++)
+            dst[c] = (CE_REAL)(cap * ce_tanh_d((double)src[c * stride] * inv));
+    } else if (cap > 0) {   /* float64: libm's tanh, correctly rounded to a few ulp of double */
         for (Py_ssize_t c = 0; c < n; c++)
             dst[c] = (CE_REAL)(cap * tanh((double)src[c * stride] / cap));
     } else {
         for (Py_ssize_t c = 0; c < n; c++)
             dst[c] = src[c * stride];
+    }
+}
+
+/* The soft cap's chain rule on a gradient computed from capped logits x:
+   times 1 - tanh^2 = 1 - (x / cap)^2 (not for softmax / log_softmax, which
+   are of the capped logits) */
+CE_INLINE void CE_FN(ce_cap_grad)(const ce_problem *p, CE_REAL *g, const CE_REAL *x, Py_ssize_t n)
+{
+    if (!(p->softcap > 0) || p->mode == CE_MODE_SOFTMAX || p->mode == CE_MODE_LOG_SOFTMAX)
+        return;
+    const double inv = 1.0 / p->softcap;
+#pragma omp simd
+    for (Py_ssize_t c = 0; c < n; c++) {
+        double th = (double)x[c] * inv;
+        /* a masked row's exact zeros stay zeros, even against NaN logits */
+        g[c] = g[c] == 0 ? (CE_REAL)0 : (CE_REAL)((double)g[c] * (1.0 - th * th));
     }
 }
 
@@ -557,11 +578,11 @@ CE_INLINE void CE_FN(ce_gather)(CE_REAL *dst, const CE_REAL *src, Py_ssize_t n, 
 static int CE_FN(ce_columns_ok)(const ce_problem *p)
 {
     const Py_ssize_t n = p->n_classes;
-    if (!p->from_logits || p->mode == CE_MODE_GRAD_LSE || p->softcap != 0
+    if (!p->from_logits || p->mode == CE_MODE_GRAD_LSE || (p->softcap != 0 && p->inner != 1)
         || (p->target_kind == CE_TARGET_NONE && p->mode == CE_MODE_FUSED)
         || p->block_rows > CE_SMALL_ROWS || n > (1 << 24))
         return 0;
-    if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile */
+    if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile (the soft cap applied there) */
         return n <= (p->g.data ? CE_TILE_MAX_C_GRAD : CE_TILE_MAX_C);   /* any strides: the tile is a copy */
     /* class axis not last: rows of one outer index are contiguous per class */
     return p->x.s_inner == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_inner == 1)
@@ -871,10 +892,16 @@ CE_INLINE double CE_FN(ce_block_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_
             Py_ssize_t nr = r1 - r < rs ? r1 - r : rs;
             CE_FN(ce_tile_in)(xt, rs, (const CE_REAL *)p->x.data + r * p->x.s_outer, p->x.s_outer,
                               p->x.s_class, nr, n);
+            if (p->softcap > 0)
+                for (Py_ssize_t c = 0; c < n; c++)
+                    CE_FN(ce_gather)(xt + c * rs, xt + c * rs, nr, 1, p->softcap);   /* in place */
             if (dense)
                 CE_FN(ce_tile_in)(tt, rs, (const CE_REAL *)p->t.data + r * p->t.s_outer, p->t.s_outer,
                                   p->t.s_class, nr, n);
             total += CE_FN(ce_columns)(p, r, nr, xt, rs, tt, rs, has_g ? gt : NULL, rs);
+            if (has_g && p->softcap > 0)
+                for (Py_ssize_t c = 0; c < n; c++)
+                    CE_FN(ce_cap_grad)(p, gt + c * rs, xt + c * rs, nr);
             if (has_g)
                 CE_FN(ce_tile_out)((CE_REAL *)p->g.data + r * p->g.s_outer, p->g.s_outer, p->g.s_class, gt,
                                    rs, nr, n);
@@ -1054,15 +1081,7 @@ CE_INLINE int CE_BODY(CE_FN(ce_block))(ce_problem *p, Py_ssize_t b)
                                                     : NULL;
         acc += CE_FN(ce_row)(p, r, x, t, g, next);
         if (tile_g) {
-            if (p->softcap > 0 && p->mode != CE_MODE_SOFTMAX && p->mode != CE_MODE_LOG_SOFTMAX) {
-                /* chain rule of cap * tanh(x / cap): times 1 - tanh^2 */
-                double inv = 1.0 / p->softcap;
-                for (Py_ssize_t c = 0; c < n; c++) {
-                    double th = (double)x[c] * inv;
-                    /* a masked row's exact zeros stay zeros, even against NaN logits */
-                    g[c] = g[c] == 0 ? (CE_REAL)0 : (CE_REAL)((double)g[c] * (1.0 - th * th));
-                }
-            }
+            CE_FN(ce_cap_grad)(p, g, x, n);
             for (Py_ssize_t c = 0; c < n; c++)
                 gdst[c * p->g.s_class] = g[c];
         }
