@@ -433,6 +433,23 @@ CE_INLINE Py_ssize_t ce_check_labels_body(const int64_t *labels, Py_ssize_t n, P
     *count = cnt;
     return -1;
 }
+/* Sum of n doubles in 8 independent lanes (a fixed order; a serial chain of
+   adds costs 4 cycles per element): the class weights' sum when only whether
+   it is finite matters (no label smoothing: it is multiplied by 0). */
+CE_INLINE double ce_weight_sum_body(const double *w, Py_ssize_t n)
+{
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    Py_ssize_t n8 = n - n % 8;
+    for (Py_ssize_t i = 0; i < n8; i += 8)
+#pragma omp simd
+        for (int j = 0; j < 8; j++)
+            lane[j] += w[i + j];
+    for (Py_ssize_t i = n8; i < n; i++)
+        lane[i - n8] += w[i];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+CE_LEVELS(double, ce_weight_sum, (const double *w, Py_ssize_t n), (w, n))
+
 CE_LEVELS(Py_ssize_t, ce_check_labels,
           (const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes, int64_t ignore_index,
            const double *class_weight, const double *row_weight, double *total, Py_ssize_t *count),

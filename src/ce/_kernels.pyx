@@ -81,6 +81,7 @@ cdef extern from "_ce_core.h" nogil:
     void ce_split_apply_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
     void ce_split_finish_any(ce_problem *p, ce_seg *segs)
     int ce_half_portable
+    double ce_weight_sum(const double *w, Py_ssize_t n)
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
                                const double *row_weight, double *total, Py_ssize_t *count)
@@ -907,15 +908,11 @@ cdef inline bint same_view(cnp.ndarray a, cnp.ndarray b) noexcept:
 
 cdef double weight_sum(cnp.ndarray w64, double smoothing):
     """The class weights' sum as NumPy adds them (it enters the smoothed loss);
-    without smoothing it is multiplied by 0, so only whether it is finite counts."""
-    cdef const double *w = <const double *>cnp.PyArray_DATA(w64)
-    cdef Py_ssize_t i
-    cdef double total = 0.0
+    without smoothing it is multiplied by 0, so only whether it is finite counts
+    (then a sum in 8 lanes: a serial loop cost 1 us at C = 1000)."""
     if smoothing != 0.0:
         return float(w64.sum())
-    for i in range(cnp.PyArray_DIM(w64, 0)):
-        total += w[i]
-    return total
+    return ce_weight_sum(<const double *>cnp.PyArray_DATA(w64), cnp.PyArray_DIM(w64, 0))
 
 
 cdef inline int set_output_view(ce_view *v, object a, Call call, str name,
