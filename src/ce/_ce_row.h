@@ -602,7 +602,7 @@ typedef struct {
 
 /* labels, weights and the target logit of each row (yf = -1: no target) */
 CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, const CE_REAL *x,
-                                    Py_ssize_t xs, Py_ssize_t rs, CE_FN(ce_cols) *T)
+                                    Py_ssize_t xs, CE_FN(ce_cols) *T)
 {
     if (p->target_kind == CE_TARGET_INDEX && !p->row_weight && !p->row_grad && !p->class_weight) {
         const int64_t *lab = p->labels + r0;
@@ -627,7 +627,7 @@ CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize
         }
     }
     for (Py_ssize_t i = 0; x && i < nr; i++)   /* x NULL: the caller reads them */
-        T->xy[i] = x[T->yi[i] * xs + i * rs];
+        T->xy[i] = x[T->yi[i] * xs + i];
 }
 
 /* row maxima (NaN skipped) and the first class holding each */
@@ -849,7 +849,7 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
 {
     CE_FN(ce_cols) T;
     const int store = p->mode == CE_MODE_FUSED || p->mode == CE_MODE_SOFTMAX;
-    CE_FN(ce_cols_setup)(p, r0, nr, x, xs, 1, &T);
+    CE_FN(ce_cols_setup)(p, r0, nr, x, xs, &T);
     CE_FN(ce_cols_max)(x, xs, nr, p->n_classes, &T);
     CE_FN(ce_cols_shift)(p, x, xs, t, ts, nr, &T);
     CE_FN(ce_cols_exp)(x, xs, g, gs, nr, p->n_classes, store, p->row_rank != NULL, &T);
@@ -1009,7 +1009,7 @@ CE_INLINE double CE_FN(ce_block_rows)(ce_problem *p, Py_ssize_t r0, Py_ssize_t r
     double total = 0.0;
     for (Py_ssize_t r = r0; r < r1; r += CE_SMALL_ROWS) {
         const Py_ssize_t nr = r1 - r < CE_SMALL_ROWS ? r1 - r : CE_SMALL_ROWS;
-        CE_FN(ce_cols_setup)(p, r, nr, NULL, 0, 0, &T);   /* the scan reads each target logit */
+        CE_FN(ce_cols_setup)(p, r, nr, NULL, 0, &T);   /* the scan reads each target logit */
         CE_FN(ce_rows_scan)(p, r, nr, store, &T);
         total += CE_FN(ce_cols_finish)(p, nr, &T);
         if (p->row_loss)
