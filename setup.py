@@ -91,7 +91,8 @@ COMPILER_DIRECTIVES = {
     "initializedcheck": False,
     **({"freethreading_compatible": True} if CYTHON_3_1 else {}),
 }
-KERNEL_HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h", "src/ce/_ce_score.h"]
+KERNEL_HEADERS = ["src/ce/_ce_core.h", "src/ce/_ce_row.h", "src/ce/_ce_half.h", "src/ce/_ce_score.h",
+                  "src/ce/_ce_transpose.h"]
 
 
 def extensions(compile_args, link_args):

@@ -2,7 +2,7 @@
 
 Row-major rows of up to _thresholds()["CE_TILE_MAX_C"] classes run the class-major tile
 forward, up to _thresholds()["CE_TILE_MAX_C_GRAD"] when a gradient or softmax is
-written; past them the row kernel runs. Both sides of each limit, both
+written (float64: the _F64 pair); past them the row kernel runs. Both sides of each limit, both
 dtypes, both target kinds, strided layouts, 1 and 2 threads.
 """
 import numpy as np
@@ -14,7 +14,8 @@ from helpers import assert_close, both_threads, seed_of
 from reference import ref_cross_entropy, ref_grad, ref_softmax
 
 LIMITS = _kernels._thresholds()
-EDGES = sorted({c for t in (LIMITS["CE_TILE_MAX_C"], LIMITS["CE_TILE_MAX_C_GRAD"]) for c in (t - 1, t, t + 1)})
+EDGES = sorted({c for name in ("CE_TILE_MAX_C", "CE_TILE_MAX_C_GRAD", "CE_TILE_MAX_C_F64",
+                               "CE_TILE_MAX_C_GRAD_F64") for c in (LIMITS[name] + d for d in (-1, 0, 1))})
 ROWS = 700   # enough logits for the parallel path (and a partial last tile)
 
 

@@ -131,20 +131,28 @@ static int ce_simd_set(int level)
 #define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
 #define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (block_rows_for in _kernels.pyx caps blocks at it) */
 /* Row-major rows of up to CE_TILE_MAX_C classes (CE_TILE_MAX_C_GRAD when a
-   gradient or softmax is written) are transposed into a class-major tile of at
-   most CE_TILE elements and vectorized across rows; longer rows run the row
-   kernel, vectorized along the row in steps of up to four vectors, with each
-   row's finish vectorized across rows. (Measured, float32, one thread, min of
-   5 runs, tile vs row kernel in ns per logit: forward 1.32 vs 2.00 at C = 24,
-   1.21-1.64 vs 1.16-1.40 at C = 32, 1.41 vs 1.59 at C = 36, 1.45 vs 1.24 at
-   C = 50, so the tile up to C = 31 (the two are within this VM's noise from
-   32 to 40); with a gradient 2.31 vs 2.89 at C = 20 and 2.07 vs 1.94 at
-   C = 24.) */
+   gradient or softmax is written; the _F64 limits for float64) are transposed
+   into a class-major tile of at most CE_TILE elements (in registers:
+   _ce_transpose.h) and vectorized across rows; longer rows run the row kernel,
+   vectorized along the row in steps of up to four vectors, with each row's
+   finish vectorized across rows. (Measured with the register transposes, one
+   thread, min of 5 runs, tile vs row kernel in ns per logit. float32 forward:
+   0.92 vs 1.18 at C = 32, 0.89 vs 1.01 at 48, even from 56 to 128, 0.70 vs 0.59
+   at 160; with a gradient 1.26 vs 2.08 at 21, 1.32 vs 1.56 at 40, even at 44
+   to 48, 1.26 vs 1.04 at 64. float64 forward: even from 12 to 24, 1.94 vs 1.61
+   at 28, 1.90 vs 1.36 at 32; with a gradient 3.17 vs 3.49 at 12, 2.97 vs 2.44
+   at 16, 3.03 vs 2.24 at 24.) */
 #ifndef CE_TILE_MAX_C
-#define CE_TILE_MAX_C 31
+#define CE_TILE_MAX_C 48
 #endif
 #ifndef CE_TILE_MAX_C_GRAD
-#define CE_TILE_MAX_C_GRAD 20
+#define CE_TILE_MAX_C_GRAD 48
+#endif
+#ifndef CE_TILE_MAX_C_F64
+#define CE_TILE_MAX_C_F64 24
+#endif
+#ifndef CE_TILE_MAX_C_GRAD_F64
+#define CE_TILE_MAX_C_GRAD_F64 12
 #endif
 #define CE_TILE 4096
 #define CE_LANES 16        /* lane count of the row kernel's sums (a 64-byte float vector) */
@@ -454,6 +462,8 @@ CE_LEVELS(Py_ssize_t, ce_check_labels,
           (const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes, int64_t ignore_index,
            const double *class_weight, const double *row_weight, double *total, Py_ssize_t *count),
           (labels, n, n_classes, ignore_index, class_weight, row_weight, total, count))
+
+#include "_ce_transpose.h"   /* the class-major tile's register transposes */
 
 #define CE_REAL float
 #define CE_SUFFIX f32

@@ -171,7 +171,9 @@ CE_INLINE void ce_half_store(uint16_t *dst, Py_ssize_t stride, const float *src,
 /* Rows per float32 tile: about CE_HALF_TILE logits, so that the tile (which
    also receives the gradient, in place) stays in L1 while the float32 code
    makes its passes over it. */
+#ifndef CE_HALF_TILE
 #define CE_HALF_TILE 8192
+#endif
 
 /* rows [r0, r1) of view v are one contiguous run of (r1 - r0) * n elements */
 CE_INLINE int ce_half_packed(const ce_view *v, Py_ssize_t n, Py_ssize_t inner)

@@ -583,7 +583,9 @@ static int CE_FN(ce_columns_ok)(const ce_problem *p)
         || p->block_rows > CE_SMALL_ROWS || n > (1 << 24))
         return 0;
     if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile (the soft cap applied there) */
-        return n <= (p->g.data ? CE_TILE_MAX_C_GRAD : CE_TILE_MAX_C);   /* any strides: the tile is a copy */
+        return n <= (sizeof(CE_REAL) == 4 ? (p->g.data ? CE_TILE_MAX_C_GRAD : CE_TILE_MAX_C)
+                                          : (p->g.data ? CE_TILE_MAX_C_GRAD_F64 : CE_TILE_MAX_C_F64));
+    /* (any strides: the tile is a copy) */
     /* class axis not last: rows of one outer index are contiguous per class */
     return p->x.s_inner == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_inner == 1)
         && (p->g.data == NULL || p->g.s_inner == 1);
@@ -861,19 +863,22 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
 }
 
 /* class-major tile of nr rows (row stride rs) <- rows of n classes at element
-   strides (so between rows, sc between classes) */
+   strides (so between rows, sc between classes); contiguous classes go through
+   register transposes (_ce_transpose.h) for whole groups of rows */
 CE_INLINE void CE_FN(ce_tile_in)(CE_REAL *tile, Py_ssize_t rs, const CE_REAL *src, Py_ssize_t so, Py_ssize_t sc,
                                  Py_ssize_t nr, Py_ssize_t n)
 {
+    const Py_ssize_t done = sc == 1 ? CE_FN(ce_tile_in_vec)(tile, rs, src, so, nr, n) : 0;
     for (Py_ssize_t c = 0; c < n; c++)
-        for (Py_ssize_t i = 0; i < nr; i++)
+        for (Py_ssize_t i = done; i < nr; i++)
             tile[c * rs + i] = src[i * so + c * sc];
 }
 
 CE_INLINE void CE_FN(ce_tile_out)(CE_REAL *dst, Py_ssize_t so, Py_ssize_t sc, const CE_REAL *tile, Py_ssize_t rs,
                                   Py_ssize_t nr, Py_ssize_t n)
 {
-    for (Py_ssize_t i = 0; i < nr; i++)
+    const Py_ssize_t done = sc == 1 ? CE_FN(ce_tile_out_vec)(dst, so, tile, rs, nr, n) : 0;
+    for (Py_ssize_t i = done; i < nr; i++)
         for (Py_ssize_t c = 0; c < n; c++)
             dst[i * so + c * sc] = tile[c * rs + i];
 }
