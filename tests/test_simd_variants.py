@@ -32,7 +32,7 @@ def class_counts():
     """Class counts on both sides of every switch of the kernels: the vector widths in
     elements of 16/32/64-byte vectors of float32 and float64, the row kernel's steps of one, two
     and CE_ROW_VECTORS vectors and its flush every CE_ROW_VECTORS * CE_CHUNK elements, the
-    class-major tile (CE_TILE_MAX_C, CE_TILE_MAX_C_GRAD and their _F64 pair; CE_TILE / CE_SMALL_ROWS,
+    class-major tile (CE_TILE_MAX_C, CE_TILE_MAX_C_F64; CE_TILE / CE_SMALL_ROWS,
     where a tile stops holding CE_SMALL_ROWS rows), the rows per block (BLOCK_ELEMENTS /
     CE_SMALL_ROWS, and BLOCK_ELEMENTS, above which a block is one row) and the float lane sums
     flushed every CE_CHUNK elements."""
@@ -40,8 +40,7 @@ def class_counts():
     lanes, steps = SIZES["CE_LANES"], SIZES["CE_ROW_VECTORS"]
     row_steps = [lanes // per * k for per in (1, 2) for k in (1, 2, steps)]   # float32, float64
     return sorted({1, 2, 3} | straddle(*widths, *row_steps, steps * SIZES["CE_CHUNK"],
-                                       SIZES["CE_TILE_MAX_C"], SIZES["CE_TILE_MAX_C_GRAD"],
-                                       SIZES["CE_TILE_MAX_C_F64"], SIZES["CE_TILE_MAX_C_GRAD_F64"],
+                                       SIZES["CE_TILE_MAX_C"], SIZES["CE_TILE_MAX_C_F64"],
                                        SIZES["CE_TILE"] // SIZES["CE_SMALL_ROWS"],
                                        SIZES["BLOCK_ELEMENTS"] // SIZES["CE_SMALL_ROWS"],
                                        SIZES["CE_CHUNK"], SIZES["BLOCK_ELEMENTS"]))
@@ -246,10 +245,6 @@ def test_set_simd_rejects_what_it_cannot_run():
     assert _kernels._set_simd(None) is None
 
 
-def tile_limits(dtype):
-    """The class-major tile's class-count limits for dtype: (forward, with a gradient)."""
-    suffix = "_F64" if dtype == np.float64 else ""
-    return SIZES["CE_TILE_MAX_C" + suffix], SIZES["CE_TILE_MAX_C_GRAD" + suffix]
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -259,10 +254,10 @@ def test_tile_transposes_same_bits_as_copy(level, dtype):
     (whole groups of a vector's lane count of rows, the rest copied), class-strided rows
     through the element copy: the same tile, so the same bits, at every class count the
     tile takes and row counts around the group size."""
-    fwd_limit, grad_limit = tile_limits(dtype)
+    limit = SIZES["CE_TILE_MAX_C_F64" if dtype == np.float64 else "CE_TILE_MAX_C"]
     rng = np.random.default_rng(seed_of("transposes", level, dtype))
     with simd(level):
-        for c in range(2, fwd_limit + 1):
+        for c in range(2, limit + 1):
             for n in (1, 7, 15, 16, 17, 40):
                 x = (rng.standard_normal((n, c)) * 4).astype(dtype)
                 y = rng.integers(0, c, n)
@@ -270,16 +265,13 @@ def test_tile_transposes_same_bits_as_copy(level, dtype):
                 strided = np.zeros((n, 2 * c), dtype)[:, ::2]
                 strided[...] = x
                 pairs = [(ce.cross_entropy(v, y, reduction="none"),
-                          ce.cross_entropy(v, t, reduction="none")) for v in (x, strided)]
-                if c <= grad_limit:
-                    pairs = [p + ce.cross_entropy_with_grad(v, y, reduction="none")
-                             + ce.cross_entropy_with_grad(v, t, reduction="none")
-                             + (ce.softmax(v), ce.log_softmax(v))
-                             for p, v in zip(pairs, (x, strided))]
+                          ce.cross_entropy(v, t, reduction="none"),
+                          *ce.cross_entropy_with_grad(v, y, reduction="none"),
+                          *ce.cross_entropy_with_grad(v, t, reduction="none"),
+                          ce.softmax(v), ce.log_softmax(v)) for v in (x, strided)]
                 for a, b in zip(*pairs):
                     assert np.array_equal(a, b), (level, c, n)
                 assert_close(pairs[0][0], ref_cross_entropy(x, y, reduction="none"), dtype,
                              f"loss c={c} n={n}")
-                if c <= grad_limit:
-                    assert_close(pairs[0][3], ref_grad(x, y, reduction="none"), dtype,
-                                 f"grad c={c} n={n}")
+                assert_close(pairs[0][3], ref_grad(x, y, reduction="none"), dtype,
+                             f"grad c={c} n={n}")

@@ -1,8 +1,7 @@
 """The class-major tile's class-count limits (read from the kernels), straddled.
 
-Row-major rows of up to _thresholds()["CE_TILE_MAX_C"] classes run the class-major tile
-forward, up to _thresholds()["CE_TILE_MAX_C_GRAD"] when a gradient or softmax is
-written (float64: the _F64 pair); past them the row kernel runs. Both sides of each limit, both
+Row-major rows of up to _thresholds()["CE_TILE_MAX_C"] classes (float32; float64:
+"CE_TILE_MAX_C_F64") run the class-major tile in every mode; past them the row kernel runs. Both sides of each limit, both
 dtypes, both target kinds, strided layouts, 1 and 2 threads.
 """
 import numpy as np
@@ -14,8 +13,8 @@ from helpers import assert_close, both_threads, seed_of
 from reference import ref_cross_entropy, ref_grad, ref_softmax
 
 LIMITS = _kernels._thresholds()
-EDGES = sorted({c for name in ("CE_TILE_MAX_C", "CE_TILE_MAX_C_GRAD", "CE_TILE_MAX_C_F64",
-                               "CE_TILE_MAX_C_GRAD_F64") for c in (LIMITS[name] + d for d in (-1, 0, 1))})
+EDGES = sorted({c for name in ("CE_TILE_MAX_C", "CE_TILE_MAX_C_F64")
+                for c in (LIMITS[name] + d for d in (-1, 0, 1))})
 ROWS = 700   # enough logits for the parallel path (and a partial last tile)
 
 
@@ -87,3 +86,16 @@ def test_softcap(dtype, c, layout):
     forward = both_threads(lambda t: ce.cross_entropy(x, y, reduction="none", n_threads=t, **kw))
     assert_close(forward[ok], ref_cross_entropy(x[ok], y[ok], reduction="none", **kw), dtype, "forward")
     assert forward[1] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", EDGES)
+def test_forward_and_fused_loss_same_bits(dtype, c):
+    """One tile limit serves every mode, so the forward and the fused call run the same
+    kernel on either side of it and their losses are the same bits."""
+    x, y = problem(c, dtype, (c, "same bits"))
+    t = np.random.default_rng(c).random((ROWS, c)).astype(dtype)
+    for target in (y, t):
+        loss = ce.cross_entropy(x, target, reduction="none")
+        fused, _ = ce.cross_entropy_with_grad(x, target, reduction="none")
+        assert np.array_equal(loss, fused)

@@ -130,9 +130,9 @@ static int ce_simd_set(int level)
 
 #define CE_CHUNK 256       /* float lane sums are flushed to double every CE_CHUNK elements */
 #define CE_SMALL_ROWS 256  /* most rows the class-major kernel takes at once (block_rows_for in _kernels.pyx caps blocks at it) */
-/* Row-major rows of up to CE_TILE_MAX_C classes (CE_TILE_MAX_C_GRAD when a
-   gradient or softmax is written; the _F64 limits for float64) are transposed
-   into a class-major tile of at most CE_TILE elements (in registers:
+/* Row-major rows of up to CE_TILE_MAX_C classes (float32, and float16 /
+   bfloat16 through float32 tiles; CE_TILE_MAX_C_F64 for float64) are
+   transposed into a class-major tile of at most CE_TILE elements (in registers:
    _ce_transpose.h) and vectorized across rows; longer rows run the row kernel,
    vectorized along the row in steps of up to four vectors, with each row's
    finish vectorized across rows. (Measured with the register transposes, one
@@ -141,18 +141,13 @@ static int ce_simd_set(int level)
    at 160; with a gradient 1.26 vs 2.08 at 21, 1.32 vs 1.56 at 40, even at 44
    to 48, 1.26 vs 1.04 at 64. float64 forward: even from 12 to 24, 1.94 vs 1.61
    at 28, 1.90 vs 1.36 at 32; with a gradient 3.17 vs 3.49 at 12, 2.97 vs 2.44
-   at 16, 3.03 vs 2.24 at 24.) */
+   at 16, 3.03 vs 2.24 at 24.) One limit serves every mode, so that the
+   forward and the fused call run the same kernel and give the same loss bits. */
 #ifndef CE_TILE_MAX_C
 #define CE_TILE_MAX_C 48
 #endif
-#ifndef CE_TILE_MAX_C_GRAD
-#define CE_TILE_MAX_C_GRAD 48
-#endif
 #ifndef CE_TILE_MAX_C_F64
-#define CE_TILE_MAX_C_F64 24
-#endif
-#ifndef CE_TILE_MAX_C_GRAD_F64
-#define CE_TILE_MAX_C_GRAD_F64 12
+#define CE_TILE_MAX_C_F64 12
 #endif
 #define CE_TILE 4096
 #define CE_LANES 16        /* lane count of the row kernel's sums (a 64-byte float vector) */

@@ -583,9 +583,7 @@ static int CE_FN(ce_columns_ok)(const ce_problem *p)
         || p->block_rows > CE_SMALL_ROWS || n > (1 << 24))
         return 0;
     if (p->inner == 1) /* small C, C-ordered rows: transposed into a tile (the soft cap applied there) */
-        return n <= (sizeof(CE_REAL) == 4 ? (p->g.data ? CE_TILE_MAX_C_GRAD : CE_TILE_MAX_C)
-                                          : (p->g.data ? CE_TILE_MAX_C_GRAD_F64 : CE_TILE_MAX_C_F64));
-    /* (any strides: the tile is a copy) */
+        return n <= (sizeof(CE_REAL) == 4 ? CE_TILE_MAX_C : CE_TILE_MAX_C_F64);   /* any strides: the tile is a copy */
     /* class axis not last: rows of one outer index are contiguous per class */
     return p->x.s_inner == 1 && (p->target_kind != CE_TARGET_DENSE || p->t.s_inner == 1)
         && (p->g.data == NULL || p->g.s_inner == 1);

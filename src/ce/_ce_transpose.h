@@ -1,8 +1,9 @@
 /* ce: the class-major tile's transposes, in registers.
  *
- * Rows of up to CE_TILE_MAX_C classes are transposed into a class-major tile
- * (and gradients back out of it) by the class-major kernel. Element by element
- * that copy was about 40% of a C = 16 forward. Here a group of L rows (L = the
+ * Rows of up to CE_TILE_MAX_C (float64: CE_TILE_MAX_C_F64) classes are
+ * transposed into a class-major tile (and gradients back out of it) by the
+ * class-major kernel. Element by element that copy was about 40% of a C = 16
+ * forward. Here a group of L rows (L = the
  * lanes of one vector: 16 / 8 floats / doubles at AVX-512, 8 / 4 at AVX2) and
  * L classes is read with L masked row loads, transposed with shuffles, and
  * written as L-wide class vectors (and the reverse). Masked loads and stores

@@ -70,8 +70,7 @@ cdef extern from "_ce_core.h" nogil:
     int CE_DTYPE_F32, CE_DTYPE_F64, CE_DTYPE_F16, CE_DTYPE_BF16
     int ce_block_any(ce_problem *p, Py_ssize_t b)
     # few wide rows: classes split into segments (_ce_core.h)
-    enum: CE_SPLIT_SEG, CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS, CE_TILE_MAX_C_GRAD
-    enum: CE_TILE_MAX_C_F64, CE_TILE_MAX_C_GRAD_F64
+    enum: CE_SPLIT_SEG, CE_SPLIT_MIN_C, CE_SPLIT_MAX_ROWS, CE_TILE_MAX_C_F64
     ctypedef struct ce_seg:
         pass
     Py_ssize_t ce_split_segments(Py_ssize_t n_classes)
@@ -186,14 +185,12 @@ def _thresholds():
             "CE_ROW_VECTORS": CE_ROW_VECTORS,
             "BLOCK_ELEMENTS": BLOCK_ELEMENTS, "STRIPE_ELEMENTS": STRIPE_ELEMENTS,
             "PARALLEL_MIN_ELEMENTS": PARALLEL_MIN_ELEMENTS,
-            # the class-major tile's limit when a gradient or softmax is written (CE_TILE_MAX_C:
-            # the forward's; the _F64 pair: float64's, float16/bfloat16 use float32's); a
-            # problem of fewer than CE_SPLIT_MAX_ROWS rows of at least
+            # the class-major tile's class-count limit for float64 (CE_TILE_MAX_C: float32's,
+            # and float16/bfloat16's); a problem of fewer than CE_SPLIT_MAX_ROWS rows of at least
             # CE_SPLIT_MIN_C classes has each row cut into segments of CE_SPLIT_SEG classes
             # (float32/float64 logits, index targets or none, no smoothing or soft cap,
             # classes contiguous)
-            "CE_TILE_MAX_C_GRAD": CE_TILE_MAX_C_GRAD, "CE_TILE_MAX_C_F64": CE_TILE_MAX_C_F64,
-            "CE_TILE_MAX_C_GRAD_F64": CE_TILE_MAX_C_GRAD_F64, "CE_SPLIT_MIN_C": CE_SPLIT_MIN_C,
+            "CE_TILE_MAX_C_F64": CE_TILE_MAX_C_F64, "CE_SPLIT_MIN_C": CE_SPLIT_MIN_C,
             "CE_SPLIT_MAX_ROWS": CE_SPLIT_MAX_ROWS, "CE_SPLIT_SEG": CE_SPLIT_SEG}
 
 
