@@ -275,3 +275,25 @@ def test_tile_transposes_same_bits_as_copy(level, dtype):
                              f"loss c={c} n={n}")
                 assert_close(pairs[0][3], ref_grad(x, y, reduction="none"), dtype,
                              f"grad c={c} n={n}")
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_first_argmax_at_every_width(level, dtype):
+    """ce.score's top-1 is the first index holding the row's max: a max that appears twice
+    counts as correct only at its first position, wherever the two copies fall relative to
+    the vector steps (the last step overlaps the one before)."""
+    rng = np.random.default_rng(seed_of("argmax", level, dtype))
+    with simd(level):
+        for c in sorted(straddle(16, 32, 64, 128) | {2, 5, 100, 1000, 4099}):
+            n = 64
+            x = rng.standard_normal((n, c)).astype(dtype)
+            first = rng.integers(0, c, n)
+            second = np.minimum(first + rng.integers(1, c + 1, n), c - 1)
+            rows = np.arange(n)
+            x[rows, first] = x[rows, second] = 10.0
+            y = np.where(rows % 2 == 0, first, second)
+            s = ce.score(x, y)
+            expected = int(np.sum((y == first) | (first == second)))
+            assert s.correct == expected, (level, c)
+            assert np.array_equal(np.argmax(x, axis=1), first)

@@ -42,7 +42,6 @@ COMPILE_ARGS = SETUP.build_flags()[0]
 # selects (an index and a value chosen by one compare) stay branches without SSE4.1 blends.
 # A loop listed here must still vectorize at AVX2 and AVX-512; a new baseline miss fails.
 KNOWN_BASELINE_MISSES = {
-    "ce_argmax_steps": "argmax select: control flow in loop at SSE2",
     "ce_cols_max": "argmax select: control flow in loop at SSE2",
 }
 

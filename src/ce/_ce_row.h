@@ -53,38 +53,34 @@ CE_INLINE CE_REAL CE_FN(ce_max_steps)(const CE_REAL *x, Py_ssize_t n, const int 
     return b > a ? b : a;
 }
 
-/* the max and the first index holding it (lane indices as CE_REAL: exact
-   below 2^24, a scan above) */
-CE_INLINE CE_REAL CE_FN(ce_argmax_steps)(const CE_REAL *x, Py_ssize_t n, int64_t *arg)
+/* the first lane of x[0, CE_L) equal to m, or CE_L */
+CE_INLINE int CE_FN(ce_first_equal)(const CE_REAL *x, CE_REAL m)
 {
-    CE_REAL mx[CE_L], mi[CE_L];
+    int first = CE_L;
+#pragma omp simd reduction(min : first)
     for (int j = 0; j < CE_L; j++) {
-        mx[j] = -INFINITY;
-        mi[j] = 0;
+        const int lane = x[j] == m ? j : CE_L;
+        first = lane < first ? lane : first;
     }
-    for (Py_ssize_t c0 = 0; c0 < n; c0 += CE_L) {
+    return first;
+}
+
+/* the max (ce_max_steps with w lanes) and the first index holding it (0 when no
+   element is above -inf: NaN and -inf only), n >= CE_L. An index-tracking select in the max loop
+   compiled into a data-dependent branch per vector; a second look for the
+   first vector holding the max is cheap: the row is in L1 and the search stops
+   there. The last vector overlaps the one before, whose lanes did not match. */
+CE_INLINE CE_REAL CE_FN(ce_argmax_steps)(const CE_REAL *x, Py_ssize_t n, const int w, int64_t *arg)
+{
+    const CE_REAL m = CE_FN(ce_max_steps)(x, n, w);
+    *arg = 0;
+    for (Py_ssize_t c0 = 0; c0 < n && m != -INFINITY; c0 += CE_L) {
         const Py_ssize_t b = c0 + CE_L <= n ? c0 : n - CE_L;
-        const CE_REAL base = (CE_REAL)b;
-#pragma omp simd
-        for (int j = 0; j < CE_L; j++) {
-            CE_REAL v = x[b + j];
-            int gt = v > mx[j];
-            mi[j] = gt ? base + CE_FN(ce_lane)[j] : mi[j];
-            mx[j] = gt ? v : mx[j];
+        const int first = CE_FN(ce_first_equal)(x + b, m);
+        if (first < CE_L) {
+            *arg = b + first;
+            break;
         }
-    }
-    CE_REAL m = mx[0], first = (CE_REAL)n;
-    for (int j = 1; j < CE_L; j++)
-        m = mx[j] > m ? mx[j] : m;
-    for (int j = 0; j < CE_L; j++)
-        first = mx[j] == m && mi[j] < first ? mi[j] : first;
-    if (sizeof(CE_REAL) == 4 && n > (1 << 24)) {   /* float lane indices are inexact there */
-        Py_ssize_t c = 0;
-        while (c < n && x[c] != m)
-            c++;
-        *arg = c < n ? c : 0;
-    } else {
-        *arg = m == -INFINITY ? 0 : (int64_t)first;
     }
     return m;
 }
@@ -119,6 +115,19 @@ CE_INLINE void CE_FN(ce_flush)(double *dacc, CE_REAL *acc, const int w)
     }
 }
 
+/* the count in lanes cnt (each at most CE_CHUNK / CE_L since the last fold,
+   so their float sum is exact), then the lanes zeroed */
+CE_INLINE int64_t CE_FN(ce_count_fold)(CE_REAL *cnt, const int w)
+{
+    CE_REAL total = 0;
+#pragma omp simd reduction(+ : total)
+    for (int j = 0; j < w; j++) {
+        total += cnt[j];
+        cnt[j] = 0;
+    }
+    return (int64_t)total;
+}
+
 /* the lanes added up in a fixed order: the vectors into the first, then a tree */
 CE_INLINE double CE_FN(ce_lanes_total)(double *d, const int w)
 {
@@ -141,17 +150,15 @@ CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n,
                                      const int store, const int count)
 {
     CE_REAL acc[CE_W], cnt[CE_W];
-    double dacc[CE_W], dcnt[CE_W];
+    double dacc[CE_W];
+    int64_t counted = 0;
     for (int j = 0; j < w; j++)   /* only the w lanes in use, and the counts only when counted */
         acc[j] = 0;
     for (int j = 0; j < w; j++)
         dacc[j] = 0;
-    if (count) {
+    if (count)
         for (int j = 0; j < w; j++)
             cnt[j] = 0;
-        for (int j = 0; j < w; j++)
-            dcnt[j] = 0;
-    }
     const Py_ssize_t run = (Py_ssize_t)w * (CE_CHUNK / CE_L);   /* elements between flushes */
     Py_ssize_t c0 = 0;
     for (; c0 + w < n; c0 += w) {   /* every step but the last: no lane skipped */
@@ -164,7 +171,7 @@ CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n,
         if ((c0 + w) % run == 0) {
             CE_FN(ce_flush)(dacc, acc, w);
             if (count)
-                CE_FN(ce_flush)(dcnt, cnt, w);
+                counted += CE_FN(ce_count_fold)(cnt, w);
         }
     }
     const Py_ssize_t b = n - w, dy = y - b;   /* the last step, overlapping the one before */
@@ -174,10 +181,8 @@ CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n,
             __builtin_prefetch(pf + b + j);
     CE_FN(ce_exp_step)(x + b, store ? g + b : NULL, m, skip, yr, xy, acc, cnt, w, store, count);
     CE_FN(ce_flush)(dacc, acc, w);
-    if (count) {
-        CE_FN(ce_flush)(dcnt, cnt, w);
-        *rank = (int64_t)CE_FN(ce_lanes_total)(dcnt, w);
-    }
+    if (count)
+        *rank = counted + CE_FN(ce_count_fold)(cnt, w);
     return CE_FN(ce_lanes_total)(dacc, w);
 }
 
@@ -200,12 +205,14 @@ CE_INLINE CE_REAL CE_FN(ce_lane_max)(const CE_REAL *x, Py_ssize_t n, int64_t *ar
         CE_REAL xb[CE_L];
         for (int j = 0; j < CE_L; j++)
             xb[j] = j < n ? x[j] : -INFINITY;
-        return arg ? CE_FN(ce_argmax_steps)(xb, CE_L, arg) : CE_FN(ce_max_steps)(xb, CE_L, CE_L);
+        return arg ? CE_FN(ce_argmax_steps)(xb, CE_L, CE_L, arg) : CE_FN(ce_max_steps)(xb, CE_L, CE_L);
     }
-    if (arg)
-        return CE_FN(ce_argmax_steps)(x, n, arg);
-    return n >= CE_W ? CE_FN(ce_max_steps)(x, n, CE_W)
-         : n >= 2 * CE_L ? CE_FN(ce_max_steps)(x, n, 2 * CE_L) : CE_FN(ce_max_steps)(x, n, CE_L);
+    const int w = n >= CE_W ? CE_W : n >= 2 * CE_L ? 2 * CE_L : CE_L;
+    if (arg)   /* w is a constant in each call, so gcc keeps each step's width fixed */
+        return w == CE_W ? CE_FN(ce_argmax_steps)(x, n, CE_W, arg)
+             : w == 2 * CE_L ? CE_FN(ce_argmax_steps)(x, n, 2 * CE_L, arg) : CE_FN(ce_argmax_steps)(x, n, CE_L, arg);
+    return w == CE_W ? CE_FN(ce_max_steps)(x, n, CE_W)
+         : w == 2 * CE_L ? CE_FN(ce_max_steps)(x, n, 2 * CE_L) : CE_FN(ce_max_steps)(x, n, CE_L);
 }
 
 /* pf: the next row to prefetch, or NULL */
