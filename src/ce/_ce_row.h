@@ -65,11 +65,12 @@ CE_INLINE int CE_FN(ce_first_equal)(const CE_REAL *x, CE_REAL m)
     return first;
 }
 
-/* the max (ce_max_steps with w lanes) and the first index holding it (0 when no
-   element is above -inf: NaN and -inf only), n >= CE_L. An index-tracking select in the max loop
-   compiled into a data-dependent branch per vector; a second look for the
-   first vector holding the max is cheap: the row is in L1 and the search stops
-   there. The last vector overlaps the one before, whose lanes did not match. */
+/* the max (ce_max_steps with w lanes) and the first index holding it (0 when
+   no element is above -inf: NaN and -inf only), n >= CE_L. An index-tracking
+   select in the max loop compiled into a data-dependent branch per vector; a
+   second look for the first vector holding the max is cheap: the row is in L1
+   and the search stops there. The last vector overlaps the one before, whose
+   lanes did not match. */
 CE_INLINE CE_REAL CE_FN(ce_argmax_steps)(const CE_REAL *x, Py_ssize_t n, const int w, int64_t *arg)
 {
     const CE_REAL m = CE_FN(ce_max_steps)(x, n, w);
@@ -207,12 +208,11 @@ CE_INLINE CE_REAL CE_FN(ce_lane_max)(const CE_REAL *x, Py_ssize_t n, int64_t *ar
             xb[j] = j < n ? x[j] : -INFINITY;
         return arg ? CE_FN(ce_argmax_steps)(xb, CE_L, CE_L, arg) : CE_FN(ce_max_steps)(xb, CE_L, CE_L);
     }
-    const int w = n >= CE_W ? CE_W : n >= 2 * CE_L ? 2 * CE_L : CE_L;
-    if (arg)   /* w is a constant in each call, so gcc keeps each step's width fixed */
-        return w == CE_W ? CE_FN(ce_argmax_steps)(x, n, CE_W, arg)
-             : w == 2 * CE_L ? CE_FN(ce_argmax_steps)(x, n, 2 * CE_L, arg) : CE_FN(ce_argmax_steps)(x, n, CE_L, arg);
-    return w == CE_W ? CE_FN(ce_max_steps)(x, n, CE_W)
-         : w == 2 * CE_L ? CE_FN(ce_max_steps)(x, n, 2 * CE_L) : CE_FN(ce_max_steps)(x, n, CE_L);
+    if (arg)   /* the width a constant in each call, so gcc keeps each step's width fixed */
+        return n >= CE_W ? CE_FN(ce_argmax_steps)(x, n, CE_W, arg)
+             : n >= 2 * CE_L ? CE_FN(ce_argmax_steps)(x, n, 2 * CE_L, arg) : CE_FN(ce_argmax_steps)(x, n, CE_L, arg);
+    return n >= CE_W ? CE_FN(ce_max_steps)(x, n, CE_W)
+         : n >= 2 * CE_L ? CE_FN(ce_max_steps)(x, n, 2 * CE_L) : CE_FN(ce_max_steps)(x, n, CE_L);
 }
 
 /* pf: the next row to prefetch, or NULL */
