@@ -9,7 +9,7 @@
   that does not survive fork(): what happens here (checked by the tests below) is
 
     - a forked child that runs a *parallel* call (default n_threads, or n_threads >= 2, on more
-      than 32768 logits) hangs for ever in libgomp (a futex wait in GOMP_parallel: the pool's
+      than 16384 logits) hangs for ever in libgomp (a futex wait in GOMP_parallel: the pool's
       threads do not exist in the child);
     - a forked child that uses n_threads=1, or threadpoolctl's limit of 1, or only problems
       small enough to run serially, works; so does any forked child if the parent never ran a

@@ -104,7 +104,7 @@ def make_inputs():
     d["y_strided"] = rng.integers(0, 1000, 8)
     d["x_nchw"] = rng.standard_normal((2, 5, 4, 3))
     d["y_nchw"] = rng.integers(0, 5, (2, 4, 3))
-    # big enough for the OpenMP parallel region (> 32768 logits)
+    # big enough for the OpenMP parallel region (> 16384 logits)
     d["x_par"] = rng.standard_normal((64, 600), dtype=np.float32)
     d["y_par"] = rng.integers(0, 600, 64)
     d["out64"] = np.empty((16, 10))

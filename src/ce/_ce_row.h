@@ -106,12 +106,13 @@ CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_RE
 }
 
 /* lane sums into double lanes (every CE_CHUNK / CE_L steps, so that a float
-   lane never adds up more than that many terms) */
-CE_INLINE void CE_FN(ce_flush)(double *dacc, CE_REAL *acc, const int w)
+   lane never adds up more than that many terms); the first flush sets dacc,
+   so that a row no longer than that zeroes no double lanes at all */
+CE_INLINE void CE_FN(ce_flush)(double *dacc, CE_REAL *acc, const int w, const int first)
 {
 #pragma omp simd
     for (int j = 0; j < w; j++) {
-        dacc[j] += (double)acc[j];
+        dacc[j] = (first ? 0.0 : dacc[j]) + (double)acc[j];
         acc[j] = 0;
     }
 }
@@ -143,9 +144,11 @@ CE_INLINE double CE_FN(ce_lanes_total)(double *d, const int w)
 
 /* Sum of exp(x[c] - m) over c != y in [0, n), n >= w (y < 0: all c), each
    exp stored in g[c] when g (g may be x); *rank (when rank) gets the count of
-   x[c] > xy. Each step prefetches the same span of pf (the next row, or
-   NULL), so that the next row's max pass reads from cache while this pass
-   computes. */
+   x[c] > xy. Steps of w cover the row while more than w elements remain, and
+   one-vector steps the rest (the last one overlapping), so that no more than
+   one vector's lanes are computed twice. Each step prefetches the same span
+   of pf (the next row, or NULL), so that the next row's max pass reads from
+   cache while this pass computes. */
 CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
                                      CE_REAL xy, int64_t *rank, const CE_REAL *pf, const int w,
                                      const int store, const int count)
@@ -155,14 +158,14 @@ CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n,
     int64_t counted = 0;
     for (int j = 0; j < w; j++)   /* only the w lanes in use, and the counts only when counted */
         acc[j] = 0;
-    for (int j = 0; j < w; j++)
-        dacc[j] = 0;
     if (count)
         for (int j = 0; j < w; j++)
             cnt[j] = 0;
-    const Py_ssize_t run = (Py_ssize_t)w * (CE_CHUNK / CE_L);   /* elements between flushes */
+    /* wide steps between flushes: with the up to w / CE_L one-vector steps
+       after the last flush, no lane adds up more than CE_CHUNK / CE_L terms */
+    const Py_ssize_t run = (Py_ssize_t)w * (CE_CHUNK / CE_L + 1 - w / CE_L);
     Py_ssize_t c0 = 0;
-    for (; c0 + w < n; c0 += w) {   /* every step but the last: no lane skipped */
+    for (; c0 + w < n; c0 += w) {
         const Py_ssize_t dy = y - c0;
         const CE_REAL yr = dy >= 0 && dy < w ? (CE_REAL)dy : (CE_REAL)-1;
         if (pf)
@@ -170,18 +173,25 @@ CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n,
                 __builtin_prefetch(pf + c0 + j);
         CE_FN(ce_exp_step)(x + c0, store ? g + c0 : NULL, m, 0, yr, xy, acc, cnt, w, store, count);
         if ((c0 + w) % run == 0) {
-            CE_FN(ce_flush)(dacc, acc, w);
+            CE_FN(ce_flush)(dacc, acc, w, c0 + w == run);
             if (count)
                 counted += CE_FN(ce_count_fold)(cnt, w);
         }
     }
-    const Py_ssize_t b = n - w, dy = y - b;   /* the last step, overlapping the one before */
-    const CE_REAL skip = (CE_REAL)(c0 - b), yr = dy >= 0 && dy < w ? (CE_REAL)dy : (CE_REAL)-1;
+    const int flushed = c0 >= run;
+    for (; c0 + CE_L < n; c0 += CE_L) {   /* one-vector steps */
+        const Py_ssize_t dy = y - c0;
+        const CE_REAL yr = dy >= 0 && dy < CE_L ? (CE_REAL)dy : (CE_REAL)-1;
+        if (pf)
+            __builtin_prefetch(pf + c0);
+        CE_FN(ce_exp_step)(x + c0, store ? g + c0 : NULL, m, 0, yr, xy, acc, cnt, CE_L, store, count);
+    }
+    const Py_ssize_t b = n - CE_L, dy = y - b;   /* the last, overlapping the one before */
+    const CE_REAL skip = (CE_REAL)(c0 - b), yr = dy >= 0 && dy < CE_L ? (CE_REAL)dy : (CE_REAL)-1;
     if (pf)
-        for (int j = 0; j < w; j += CE_L)
-            __builtin_prefetch(pf + b + j);
-    CE_FN(ce_exp_step)(x + b, store ? g + b : NULL, m, skip, yr, xy, acc, cnt, w, store, count);
-    CE_FN(ce_flush)(dacc, acc, w);
+        __builtin_prefetch(pf + b);
+    CE_FN(ce_exp_step)(x + b, store ? g + b : NULL, m, skip, yr, xy, acc, cnt, CE_L, store, count);
+    CE_FN(ce_flush)(dacc, acc, w, !flushed);
     if (count)
         *rank = counted + CE_FN(ce_count_fold)(cnt, w);
     return CE_FN(ce_lanes_total)(dacc, w);
