@@ -263,12 +263,11 @@ def eps(dtype):
 
 
 def class_weights(weight, n_classes, compute):
-    """(weights in the computing dtype for the kernel, float64 weights, their float64 sum)."""
+    """(weights in the computing dtype for the kernel, float64 weights)."""
     w = _real_array(weight, "weight")
     if w.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
-    w64 = c_array(w, dtype=np.float64)
-    return c_array(w, dtype=compute), w64, float(w64.sum())
+    return c_array(w, dtype=compute), c_array(w, dtype=np.float64)
 
 
 def target_rows(target, shape, rest, axes, compute, n_classes):
