@@ -1074,7 +1074,7 @@ def gradient(Call call not None, out=None):
 
 def loss_and_gradient(Call call not None, out=None, return_lse=False):
     """(loss, gradient) or (loss, gradient, lse) of `call` in one fused run."""
-    if return_lse is not False:
+    if return_lse is not False and not (return_lse is True and call.p.from_logits):
         _args.check_return_lse(return_lse, call.p.from_logits)
     result, view, copy_back = call.gradient_buffer(out)
     row_loss = new_rows(call, cnp.NPY_DOUBLE) if call.red == 2 else None
