@@ -187,3 +187,15 @@ def test_logsumexp(downstream):
     status, lse = downstream.logsumexp_f32(x.astype(np.float32))
     assert status == 0
     np.testing.assert_allclose(lse, ce.logsumexp(x.astype(np.float32)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_infinite_rows(downstream, dtype):
+    """Rows of -inf only, with +inf, with NaN: what ce.logsumexp (and scipy) give."""
+    inf, nan = np.inf, np.nan
+    x = np.array([[-inf, -inf, -inf], [1.0, inf, 2.0], [inf, nan, 0.0], [-inf, 0.0, -inf],
+                  [inf, inf, -inf], [0.5, -1.0, 2.0]], dtype=dtype)
+    status, lse = (downstream.logsumexp_f32 if dtype == np.float32 else downstream.logsumexp_f64)(x)
+    assert status == 0
+    np.testing.assert_array_equal(np.asarray(lse)[:5], [-inf, inf, nan, 0.0, inf])
+    np.testing.assert_allclose(np.asarray(lse), ce.logsumexp(x), rtol=1e-6)

@@ -35,7 +35,9 @@ cdef double ce_fused_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_c
                          double grad_scale, double *grad, Py_ssize_t grad_row_stride,
                          double *lse_out, int n_threads) noexcept nogil
 
-# Per-row log-sum-exp into lse_out (n_rows doubles). Returns 0, -1 when out of memory.
+# Per-row log-sum-exp into lse_out (n_rows doubles): a row of -inf only gives -inf, a row
+# with +inf (and no NaN) +inf, a row with a NaN NaN, as ce.logsumexp and scipy. Returns 0,
+# -1 when out of memory.
 cdef int ce_logsumexp_f32(const float *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
                           Py_ssize_t row_stride, double *lse_out, int n_threads) noexcept nogil
 cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_classes,

@@ -14,7 +14,7 @@ from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
-from libc.math cimport NAN
+from libc.math cimport NAN, INFINITY
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 cnp.import_array()
@@ -468,12 +468,39 @@ cdef double ce_fused_f64(const double *logits, Py_ssize_t n_rows, Py_ssize_t n_c
     return solve_summed(&p, n_threads)
 
 
+ctypedef fused c_real:
+    float
+    double
+
+
+cdef void infinite_rows_lse(const c_real *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                            Py_ssize_t row_stride, double *lse) noexcept nogil:
+    """The kernel gives NaN for a row of -inf only (-inf - -inf) or with a +inf:
+    such rows get -inf / +inf, as ce.logsumexp and scipy give (a NaN stays NaN)."""
+    cdef Py_ssize_t r, c
+    cdef double m, v
+    for r in range(n_rows):
+        if lse[r] == lse[r]:
+            continue
+        m = -INFINITY
+        for c in range(n_classes):
+            v = x[r * row_stride + c]
+            if v != v:
+                m = NAN
+                break
+            m = v if v > m else m
+        lse[r] = m
+
+
 cdef int ce_logsumexp_f32(const float *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
                           Py_ssize_t row_stride, double *lse_out, int n_threads) noexcept nogil:
     cdef ce_problem p
     init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE, CE_DTYPE_F32)
     p.row_lse = lse_out
-    return 0 if solve_summed(&p, n_threads) == 0.0 else -1
+    if solve_summed(&p, n_threads) != 0.0:
+        return -1
+    infinite_rows_lse(x, n_rows, n_classes, row_stride, lse_out)
+    return 0
 
 
 cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_classes,
@@ -481,7 +508,10 @@ cdef int ce_logsumexp_f64(const double *x, Py_ssize_t n_rows, Py_ssize_t n_class
     cdef ce_problem p
     init_rows(&p, <char *>x, n_rows, n_classes, row_stride, CE_MODE_FORWARD, CE_TARGET_NONE, CE_DTYPE_F64)
     p.row_lse = lse_out
-    return 0 if solve_summed(&p, n_threads) == 0.0 else -1
+    if solve_summed(&p, n_threads) != 0.0:
+        return -1
+    infinite_rows_lse(x, n_rows, n_classes, row_stride, lse_out)
+    return 0
 
 
 # ---- the Python-level seam: a Call describes one call, solve() runs it ----
