@@ -105,9 +105,9 @@ CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_RE
     }
 }
 
-/* lane sums into double lanes (every CE_CHUNK / CE_L steps, so that a float
-   lane never adds up more than that many terms); the first flush sets dacc,
-   so that a row no longer than that zeroes no double lanes at all */
+/* lane sums into double lanes (often enough that a float lane never adds up
+   more than CE_CHUNK / CE_L terms); the first flush sets dacc, so that a row
+   flushed once zeroes no double lanes at all */
 CE_INLINE void CE_FN(ce_flush)(double *dacc, CE_REAL *acc, const int w, const int first)
 {
 #pragma omp simd
@@ -142,6 +142,13 @@ CE_INLINE double CE_FN(ce_lanes_total)(double *d, const int w)
     return ((d[0] + d[4]) + (d[2] + d[6])) + ((d[1] + d[5]) + (d[3] + d[7]));
 }
 
+/* the target's lane in a step of w lanes from b, or -1 when y is not in it */
+CE_INLINE CE_REAL CE_FN(ce_target_lane)(Py_ssize_t y, Py_ssize_t b, int w)
+{
+    const Py_ssize_t dy = y - b;
+    return dy >= 0 && dy < w ? (CE_REAL)dy : (CE_REAL)-1;
+}
+
 /* Sum of exp(x[c] - m) over c != y in [0, n), n >= w (y < 0: all c), each
    exp stored in g[c] when g (g may be x); *rank (when rank) gets the count of
    x[c] > xy. Steps of w cover the row while more than w elements remain, and
@@ -166,8 +173,7 @@ CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n,
     const Py_ssize_t run = (Py_ssize_t)w * (CE_CHUNK / CE_L + 1 - w / CE_L);
     Py_ssize_t c0 = 0;
     for (; c0 + w < n; c0 += w) {
-        const Py_ssize_t dy = y - c0;
-        const CE_REAL yr = dy >= 0 && dy < w ? (CE_REAL)dy : (CE_REAL)-1;
+        const CE_REAL yr = CE_FN(ce_target_lane)(y, c0, w);
         if (pf)
             for (int j = 0; j < w; j += CE_L)   /* one 64-byte line per vector */
                 __builtin_prefetch(pf + c0 + j);
@@ -180,14 +186,13 @@ CE_INLINE double CE_FN(ce_exp_steps)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n,
     }
     const int flushed = c0 >= run;
     for (; c0 + CE_L < n; c0 += CE_L) {   /* one-vector steps */
-        const Py_ssize_t dy = y - c0;
-        const CE_REAL yr = dy >= 0 && dy < CE_L ? (CE_REAL)dy : (CE_REAL)-1;
+        const CE_REAL yr = CE_FN(ce_target_lane)(y, c0, CE_L);
         if (pf)
             __builtin_prefetch(pf + c0);
         CE_FN(ce_exp_step)(x + c0, store ? g + c0 : NULL, m, 0, yr, xy, acc, cnt, CE_L, store, count);
     }
-    const Py_ssize_t b = n - CE_L, dy = y - b;   /* the last, overlapping the one before */
-    const CE_REAL skip = (CE_REAL)(c0 - b), yr = dy >= 0 && dy < CE_L ? (CE_REAL)dy : (CE_REAL)-1;
+    const Py_ssize_t b = n - CE_L;   /* the last, overlapping the one before */
+    const CE_REAL skip = (CE_REAL)(c0 - b), yr = CE_FN(ce_target_lane)(y, b, CE_L);
     if (pf)
         __builtin_prefetch(pf + b);
     CE_FN(ce_exp_step)(x + b, store ? g + b : NULL, m, skip, yr, xy, acc, cnt, CE_L, store, count);

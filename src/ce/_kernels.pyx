@@ -101,7 +101,8 @@ cdef extern from "_ce_score.h" nogil:
     void ce_score_merge(ce_score_acc *a, const ce_score_acc *b)
 
 # Below this many logits a parallel region costs more than it saves (and the GIL is kept).
-# Measured (2 threads, AVX-512): 2 blocks of 128 x 100 run 1.3-1.5x faster in parallel.
+# Measured (2 threads, AVX-512): 256 x 100, 1000 x 10 and 32 x 1000 (two blocks and more) ran
+# 1.24-1.59x faster in parallel than on one thread.
 DEF PARALLEL_MIN_ELEMENTS = 16384
 PARALLEL_MIN_LOGITS = PARALLEL_MIN_ELEMENTS   # for Python (tests that need real threads)
 # Rows per block: about this many logits, at most CE_SMALL_ROWS rows.
