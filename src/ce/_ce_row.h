@@ -652,8 +652,13 @@ CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize
         T->xy[i] = x[T->yi[i] * xs + i];
 }
 
-/* row maxima (NaN skipped) and the first class holding each */
-CE_INLINE void CE_FN(ce_cols_max)(const CE_REAL *x, Py_ssize_t xs, Py_ssize_t nr, Py_ssize_t n,
+/* row maxima (NaN skipped), and the first class holding each when argmax (0
+   when no element is above -inf, as ce_argmax_steps). The argmax is a second
+   pass that takes the max of n - c over the classes equal to the max: an
+   index-tracking select in the max loop compiled into a masked store behind a
+   branch on its mask, which random data mispredicts (perf at C = 32: a third
+   of the forward's time). */
+CE_INLINE void CE_FN(ce_cols_max)(const CE_REAL *x, Py_ssize_t xs, Py_ssize_t nr, Py_ssize_t n, int argmax,
                                   CE_FN(ce_cols) *T)
 {
     for (Py_ssize_t i = 0; i < nr; i++) {
@@ -661,15 +666,22 @@ CE_INLINE void CE_FN(ce_cols_max)(const CE_REAL *x, Py_ssize_t xs, Py_ssize_t nr
         T->am[i] = 0;
     }
     for (Py_ssize_t c = 0; c < n; c++) {
-        const CE_REAL cf = (CE_REAL)c;
 #pragma omp simd
         for (Py_ssize_t i = 0; i < nr; i++) {
             CE_REAL v = x[c * xs + i];
-            int gt = v > T->m[i];
-            T->am[i] = gt ? cf : T->am[i];
-            T->m[i] = gt ? v : T->m[i];
+            T->m[i] = v > T->m[i] ? v : T->m[i];
         }
     }
+    for (Py_ssize_t c = 0; c < n && argmax; c++) {
+        const CE_REAL from_end = (CE_REAL)(n - c);   /* exact: n <= 2^24 */
+#pragma omp simd
+        for (Py_ssize_t i = 0; i < nr; i++) {
+            CE_REAL hit = x[c * xs + i] == T->m[i] ? from_end : (CE_REAL)0;
+            T->am[i] = hit > T->am[i] ? hit : T->am[i];
+        }
+    }
+    for (Py_ssize_t i = 0; i < nr && argmax; i++)
+        T->am[i] = T->m[i] == -INFINITY ? (CE_REAL)0 : (CE_REAL)n - T->am[i];
 }
 
 /* sums that need the logits themselves (before g, which may be x, is written):
@@ -872,7 +884,7 @@ CE_INLINE double CE_FN(ce_columns)(ce_problem *p, Py_ssize_t r0, Py_ssize_t nr, 
     CE_FN(ce_cols) T;
     const int store = p->mode == CE_MODE_FUSED || p->mode == CE_MODE_SOFTMAX;
     CE_FN(ce_cols_setup)(p, r0, nr, x, xs, &T);
-    CE_FN(ce_cols_max)(x, xs, nr, p->n_classes, &T);
+    CE_FN(ce_cols_max)(x, xs, nr, p->n_classes, p->row_argmax != NULL, &T);
     CE_FN(ce_cols_shift)(p, x, xs, t, ts, nr, &T);
     CE_FN(ce_cols_exp)(x, xs, g, gs, nr, p->n_classes, store, p->row_rank != NULL, &T);
     double total = CE_FN(ce_cols_finish)(p, nr, &T);
