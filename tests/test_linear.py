@@ -1,6 +1,8 @@
 """ce.linear_cross_entropy, ce.linear_cross_entropy_with_grad and ce.linear_score:
 against the float64 reference of the materialised logits, finite differences,
 chunkings, empty and all-ignored batches, memory, bad input, determinism."""
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -332,3 +334,14 @@ def test_bfloat16_bias():
     logits = h.astype(np.float32) @ w.astype(np.float32).T + b.astype(np.float32)
     assert got.dtype == np.dtype(bf)
     assert abs(float(got) - float(ce.cross_entropy(logits, y))) <= 2 ** -7 * abs(float(got))
+
+
+def test_scipy_is_imported_by_the_first_gradient_call_not_by_import_ce():
+    """scipy.linalg takes about 0.3 s to import: ce loads it only when a linear gradient needs it."""
+    pytest.importorskip("scipy")
+    code = ("import sys, numpy as np, ce\n"
+            "assert not any(m.startswith('scipy') for m in sys.modules), 'import ce imported scipy'\n"
+            "h, w = np.ones((3, 2), np.float32), np.ones((4, 2), np.float32)\n"
+            "ce.linear_cross_entropy_with_grad(h, w, np.array([0, 1, 3]))\n"
+            "assert 'scipy.linalg' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

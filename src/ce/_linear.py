@@ -26,10 +26,18 @@ LOGITS_BUDGET = 32 << 20
 # that chunk would be larger than the weight matrix itself.
 MIN_CHUNK_ROWS = 128
 
-try:  # C += A @ B in place (beta = 1); without it, a weight-sized scratch and an add
-    from scipy.linalg import blas as _blas
-except ImportError:  # pragma: no cover - scipy is optional
-    _blas = None
+
+def _scipy_blas():
+    """SciPy's BLAS module (C += A @ B in place, beta = 1), or None without SciPy.
+
+    Imported on the first gradient call, not with ce: scipy.linalg takes about
+    0.3 s to import, two thirds of ``import ce`` when it was imported eagerly.
+    """
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # pragma: no cover - scipy is optional
+        return None
+    return blas
 
 
 def default_chunk_rows(n_rows, n_features, n_classes, itemsize):
@@ -204,8 +212,9 @@ def linear_cross_entropy_with_grad(
 
 def _gemm_accumulate(grad_w):
     """A function (g, h) -> grad_w += g.T @ h, in grad_w's dtype."""
-    if _blas is not None:
-        gemm = _blas.sgemm if grad_w.dtype == np.float32 else _blas.dgemm
+    blas = _scipy_blas()
+    if blas is not None:
+        gemm = blas.sgemm if grad_w.dtype == np.float32 else blas.dgemm
         c = grad_w.T  # Fortran order: BLAS updates it in place
 
         def add_into(g, h):
