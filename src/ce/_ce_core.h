@@ -445,14 +445,18 @@ CE_INLINE Py_ssize_t ce_check_labels_body(const int64_t *labels, Py_ssize_t n, P
    it is finite matters (no label smoothing: it is multiplied by 0). */
 CE_INLINE double ce_weight_sum_body(const double *w, Py_ssize_t n)
 {
-    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    Py_ssize_t n8 = n - n % 8;
-    for (Py_ssize_t i = 0; i < n8; i += 8)
+    /* 32 lanes: four independent vector chains (one chain of 8 lanes waited
+       on its add latency: about 0.2 us at C = 1000) */
+    double lane[32] = {0};
+    Py_ssize_t n32 = n - n % 32;
+    for (Py_ssize_t i = 0; i < n32; i += 32)
 #pragma omp simd
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < 32; j++)
             lane[j] += w[i + j];
-    for (Py_ssize_t i = n8; i < n; i++)
-        lane[i - n8] += w[i];
+    for (Py_ssize_t i = n32; i < n; i++)
+        lane[i - n32] += w[i];
+    for (int j = 0; j < 8; j++)   /* a fixed order: the four chains into the first, then a tree */
+        lane[j] = (lane[j] + lane[j + 8]) + (lane[j + 16] + lane[j + 24]);
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 CE_LEVELS(double, ce_weight_sum, (const double *w, Py_ssize_t n), (w, n))
