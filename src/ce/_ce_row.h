@@ -656,8 +656,8 @@ CE_INLINE void CE_FN(ce_cols_setup)(const ce_problem *p, Py_ssize_t r0, Py_ssize
    when no element is above -inf, as ce_argmax_steps). The argmax is a second
    pass that takes the max of n - c over the classes equal to the max: an
    index-tracking select in the max loop compiled into a masked store behind a
-   branch on its mask, which random data mispredicts (perf at C = 32: a third
-   of the forward's time). */
+   branch on its mask, which random data mispredicts (perf at C = 32: about a
+   quarter of the forward's samples). */
 CE_INLINE void CE_FN(ce_cols_max)(const CE_REAL *x, Py_ssize_t xs, Py_ssize_t nr, Py_ssize_t n, int argmax,
                                   CE_FN(ce_cols) *T)
 {
