@@ -88,10 +88,11 @@ CE_INLINE CE_REAL CE_FN(ce_argmax_steps)(const CE_REAL *x, Py_ssize_t n, const i
 
 /* one step of the exp pass over x[0, w): e = exp(x - m), stored in g (when
    store) for the lanes not yet done; acc gets e except in lane yr (the
-   target), cnt counts the lanes with x > xy (when count) */
-CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_REAL skip, CE_REAL yr,
-                                  CE_REAL xy, CE_REAL *acc, CE_REAL *cnt, const int w, const int store,
-                                  const int count)
+   target; yr < 0: not in this step), cnt counts the lanes with x > xy (when
+   count) */
+CE_INLINE void CE_FN(ce_exp_step_)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_REAL skip, CE_REAL yr,
+                                   CE_REAL xy, CE_REAL *acc, CE_REAL *cnt, const int w, const int store,
+                                   const int count, const int has_target)
 {
 #pragma omp simd
     for (int j = 0; j < w; j++) {
@@ -99,10 +100,22 @@ CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_RE
         int fresh = CE_FN(ce_lane)[j] >= skip;
         if (count)   /* before the store: g may be x */
             cnt[j] += fresh & (x[j] > xy) ? (CE_REAL)1 : (CE_REAL)0;
-        acc[j] += fresh & (CE_FN(ce_lane)[j] != yr) ? e : (CE_REAL)0;
+        acc[j] += fresh & (!has_target | (CE_FN(ce_lane)[j] != yr)) ? e : (CE_REAL)0;
         if (store)
             g[j] = fresh ? e : g[j];
     }
+}
+
+/* ce_exp_step, with the target's lane test compiled out of the steps that do
+   not hold it (all but one of a row's: two vector instructions of about 20) */
+CE_INLINE void CE_FN(ce_exp_step)(const CE_REAL *x, CE_REAL *g, CE_REAL m, CE_REAL skip, CE_REAL yr,
+                                  CE_REAL xy, CE_REAL *acc, CE_REAL *cnt, const int w, const int store,
+                                  const int count)
+{
+    if (yr >= 0)
+        CE_FN(ce_exp_step_)(x, g, m, skip, yr, xy, acc, cnt, w, store, count, 1);
+    else
+        CE_FN(ce_exp_step_)(x, g, m, skip, yr, xy, acc, cnt, w, store, count, 0);
 }
 
 /* lane sums into double lanes (often enough that a float lane never adds up
