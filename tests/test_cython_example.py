@@ -42,7 +42,9 @@ def _installed_ce():
     except importlib.metadata.PackageNotFoundError:
         return False
     files = [f for f in dist.files or () if f.name == "__init__.py" and f.parent.name == "ce"]
-    return any(os.path.samefile(dist.locate_file(f), ce.__file__) for f in files)
+    # an editable install lists paths that may not exist where locate_file puts them
+    return any(os.path.exists(dist.locate_file(f)) and os.path.samefile(dist.locate_file(f), ce.__file__)
+               for f in files)
 
 
 def _have_compiler():

@@ -31,7 +31,8 @@ def straddle(*values):
 def class_counts():
     """Class counts on both sides of every switch of the kernels: the vector widths in
     elements of 16/32/64-byte vectors of float32 and float64, the row kernel's steps of one, two
-    and CE_ROW_VECTORS vectors and its flush every CE_ROW_VECTORS * CE_CHUNK elements, the
+    and CE_ROW_VECTORS vectors (the exp pass: from CE_EXP_WIDE_MIN classes) and its flush every
+    CE_ROW_VECTORS * CE_CHUNK elements, the
     class-major tile (CE_TILE_MAX_C, CE_TILE_MAX_C_F64; CE_TILE / CE_SMALL_ROWS,
     where a tile stops holding CE_SMALL_ROWS rows), the rows per block (BLOCK_ELEMENTS /
     CE_SMALL_ROWS, and BLOCK_ELEMENTS, above which a block is one row) and the float lane sums
@@ -40,6 +41,7 @@ def class_counts():
     lanes, steps = SIZES["CE_LANES"], SIZES["CE_ROW_VECTORS"]
     row_steps = [lanes // per * k for per in (1, 2) for k in (1, 2, steps)]   # float32, float64
     return sorted({1, 2, 3} | straddle(*widths, *row_steps, steps * SIZES["CE_CHUNK"],
+                                       SIZES["CE_EXP_WIDE_MIN"],
                                        SIZES["CE_TILE_MAX_C"], SIZES["CE_TILE_MAX_C_F64"],
                                        SIZES["CE_TILE"] // SIZES["CE_SMALL_ROWS"],
                                        SIZES["BLOCK_ELEMENTS"] // SIZES["CE_SMALL_ROWS"],

@@ -12,6 +12,15 @@
 
 #define CE_L (64 / (int)sizeof(CE_REAL))   /* lanes of one 64-byte vector: 16 floats, 8 doubles */
 #define CE_W (CE_ROW_VECTORS * CE_L)         /* lanes of a wide step */
+/* Rows this long take the exp pass in four-vector steps, shorter ones in
+   two-vector steps: two chains already hide the add latency behind the exp's
+   arithmetic, and half the lanes halve the per-row flush and lane sum (float32,
+   one thread, 25 interleaved rounds: 1.03-1.09x at C = 65-256, forward and fused;
+   even from 512 up; at 32000 fused, two vectors 0.95x). The max pass keeps four
+   vectors at every n >= CE_W (at two, it ran 2x slower at C = 65-256). */
+#ifndef CE_EXP_WIDE_MIN
+#define CE_EXP_WIDE_MIN 4096
+#endif
 
 static const CE_REAL CE_FN(ce_lane)[64] = {   /* >= CE_W */
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27,
@@ -20,7 +29,8 @@ static const CE_REAL CE_FN(ce_lane)[64] = {   /* >= CE_W */
 
 /* The row kernel's reductions keep w partial results in a lane array that
    gcc holds in vector registers: w = CE_W (four vectors, four independent
-   dependency chains) for rows of at least CE_W, else 2 CE_L or CE_L. A row of
+   dependency chains) for rows of at least CE_W (the exp pass: CE_EXP_WIDE_MIN),
+   else 2 CE_L or CE_L. A row of
    n >= w elements is covered by steps of w, the last one overlapping the one
    before (lanes below `skip` were already counted), so no step runs a scalar
    remainder. The steps before the last have skip = 0 and a constant w, which
@@ -247,7 +257,7 @@ CE_INLINE CE_REAL CE_FN(ce_lane_max)(const CE_REAL *x, Py_ssize_t n, int64_t *ar
 CE_INLINE double CE_FN(ce_lane_exp)(const CE_REAL *x, CE_REAL *g, Py_ssize_t n, CE_REAL m, Py_ssize_t y,
                                     CE_REAL xy, int64_t *rank, const CE_REAL *pf)
 {
-    if (n >= CE_W)
+    if (n >= CE_EXP_WIDE_MIN)
         return CE_FN(ce_exp_width)(x, g, n, m, y, xy, rank, pf, CE_W);
     if (n >= 2 * CE_L)
         return CE_FN(ce_exp_width)(x, g, n, m, y, xy, rank, pf, 2 * CE_L);

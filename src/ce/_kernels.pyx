@@ -62,7 +62,7 @@ cdef extern from "_ce_core.h" nogil:
     int ce_simd_now()
     int ce_simd_forced
     # the kernels' fixed sizes (thresholds of the dispatch, for the tests)
-    enum: CE_TILE_MAX_C, CE_CHUNK, CE_TILE, CE_LANES, CE_ROW_VECTORS, CE_HALF_TILE
+    enum: CE_TILE_MAX_C, CE_CHUNK, CE_TILE, CE_LANES, CE_ROW_VECTORS, CE_HALF_TILE, CE_EXP_WIDE_MIN
     double ce_probe_read(const double *a, Py_ssize_t n)
     int ce_probe_write(double *a, Py_ssize_t n, double v)
     int ce_block_f32(ce_problem *p, Py_ssize_t b)
@@ -185,6 +185,8 @@ def _thresholds():
             # the row kernel steps by 1, 2 or CE_ROW_VECTORS 64-byte vectors (by the row's
             # length) and flushes its float lane sums every CE_ROW_VECTORS * CE_CHUNK elements
             "CE_ROW_VECTORS": CE_ROW_VECTORS,
+            # the exp pass takes CE_ROW_VECTORS-vector steps from this row length up, else two
+            "CE_EXP_WIDE_MIN": CE_EXP_WIDE_MIN,
             "BLOCK_ELEMENTS": BLOCK_ELEMENTS, "STRIPE_ELEMENTS": STRIPE_ELEMENTS,
             "PARALLEL_MIN_ELEMENTS": PARALLEL_MIN_ELEMENTS,
             # the class-major tile's class-count limit for float64 (CE_TILE_MAX_C: float32's,
