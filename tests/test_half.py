@@ -296,3 +296,22 @@ def test_return_lse_round_trip(dt):
     # the target entry is minus the other classes' probabilities (no p_y - 1 cancellation)
     ref[rows, y] = -(ref.sum(axis=1) - ref[rows, y])
     assert_within_ulp(g2, ref / 6, dt, n_ulp=2.0)
+
+
+@pytest.mark.parametrize("dt", HALVES, ids=str)
+def test_rounding_to_half_equals_numpy(dt, conversions):
+    """The kernels' float32 -> half rounding (F16C / AVX512_BF16 where the CPU has them, and
+    the portable code) against NumPy / ml_dtypes: every upper 16-bit pattern with lower
+    halves at and around the tie, plus random bits; float32 subnormals left out (the float32
+    kernel flushes its results below FLT_MIN, so none reach the rounding)."""
+    high = np.arange(65536, dtype=np.uint32) << 16
+    low = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x1000, 0x0FFF], dtype=np.uint32)
+    bits = (high[:, None] | low[None, :]).ravel()
+    bits = np.concatenate([bits, RNG.integers(0, 2**32, 200000, dtype=np.uint32)])
+    x = bits.view(np.float32)
+    x = x[~((np.abs(x) < np.finfo(np.float32).tiny) & (x != 0))]
+    got = _kernels._half_round(np.ascontiguousarray(x), dt == BF16)
+    want = x.astype(dt).view(np.uint16)
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.isnan(got[nan].view(dt).astype(np.float32)).all()

@@ -10,7 +10,8 @@
  *
  * Conversions: float16 uses F16C (8 lanes an instruction) where the CPU has
  * it, checked at run time, and portable integer code elsewhere; bfloat16 is
- * integer bit work that gcc vectorises in every target clone. The tile code
+ * integer bit work that gcc vectorises in every target clone, and its
+ * rounding back uses AVX512_BF16 where the CPU has it (run time again). The tile code
  * runs with FTZ/DAZ off, so half subnormals convert exactly both ways.
  * bfloat16 results below FLT_MIN are 0: the float32 kernel flushes them.
  *
@@ -98,6 +99,32 @@ static void ce_f16_store_f16c(uint16_t *dst, const float *src, Py_ssize_t n)
         dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
+/* float32 -> bfloat16 with AVX512_BF16 (16 lanes an instruction): nearest
+   even, NaN kept quiet with its payload's top bits, as ce_f32_to_bf16; it
+   reads float32 subnormals as 0, which the float32 kernel never writes (it
+   runs with FTZ). */
+__attribute__((target("avx512f,avx512bf16")))
+static void ce_bf16_store_avx512(uint16_t *dst, const float *src, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)h);
+    }
+    for (; i < n; i++)
+        dst[i] = ce_f32_to_bf16(src[i]);
+}
+
+static int ce_have_avx512bf16(void)
+{
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx512bf16");
+    }
+    return have && !ce_half_portable && ce_simd_now() >= CE_SIMD_AVX512;
+}
+
 static int ce_have_f16c(void)
 {
     static int have = -1;
@@ -141,6 +168,12 @@ CE_INLINE void ce_half_store(uint16_t *dst, Py_ssize_t stride, const float *src,
 {
     if (stride == 1) {
         if (bf) {
+#if CE_HAVE_F16C_PATH
+            if (ce_have_avx512bf16()) {
+                ce_bf16_store_avx512(dst, src, n);
+                return;
+            }
+#endif
 #pragma omp simd
             for (Py_ssize_t c = 0; c < n; c++)
                 dst[c] = ce_f32_to_bf16(src[c]);

@@ -11,7 +11,7 @@ threads.
 cimport cython
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.math cimport NAN, INFINITY
@@ -81,6 +81,7 @@ cdef extern from "_ce_core.h" nogil:
     void ce_split_apply_any(const ce_problem *p, ce_seg *segs, Py_ssize_t item)
     void ce_split_finish_any(ce_problem *p, ce_seg *segs)
     int ce_half_portable
+    void ce_half_store(uint16_t *dst, Py_ssize_t stride, const float *src, Py_ssize_t n, int bf)
     double ce_weight_sum(const double *w, Py_ssize_t n)
     Py_ssize_t ce_check_labels(const int64_t *labels, Py_ssize_t n, Py_ssize_t n_classes,
                                int64_t ignore_index, const double *class_weight,
@@ -1058,9 +1059,20 @@ cdef int dtype_code(cnp.ndarray x):
 
 
 def _set_half_portable(bint on):
-    """Tests: use the portable float16 conversions even where F16C exists."""
+    """Tests: use the portable half conversions even where F16C / AVX512_BF16 exist."""
     global ce_half_portable
     ce_half_portable = on
+
+
+def _half_round(cnp.ndarray src, bint bf):
+    """Tests: the kernels' rounding of float32 values (1-D, contiguous) to float16 or
+    bfloat16, as uint16 bits (F16C / AVX512_BF16 or portable, as _set_half_portable says)."""
+    if cnp.PyArray_TYPE(src) != cnp.NPY_FLOAT or src.ndim != 1 or not src.flags.c_contiguous:
+        raise TypeError("src: a contiguous 1-D float32 array")
+    cdef cnp.ndarray dst = np.empty(src.shape[0], dtype=np.uint16)
+    ce_half_store(<uint16_t *>cnp.PyArray_DATA(dst), 1, <const float *>cnp.PyArray_DATA(src),
+                  src.shape[0], bf)
+    return dst
 
 
 def solve(Call call not None, *, grad=None, softmax=None, log_softmax=None, row_loss=None,
