@@ -253,6 +253,16 @@ CE_INLINE void ce_half_rows_store(const ce_view *v, const float *tile, Py_ssize_
         ce_half_store(base + ce_offset(v, r, inner), v->s_class, tile + (r - r0) * n, n, bf);
 }
 
+/* Ask for the next tile's half rows (n elements from src) into L2 while the
+   float32 code computes on this tile: the conversion loop would otherwise wait
+   on memory with nothing to overlap (the float32 kernel's own prefetch of the
+   next row points into the tile). */
+CE_INLINE void ce_half_prefetch(const uint16_t *src, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i += 32)   /* one 64-byte line */
+        __builtin_prefetch(src + i, 0, 2);
+}
+
 /* The float32 problem of rows [r0, r1) of p, held in tiles xt (logits, and the
    gradient written over them in place) and tt (dense targets). */
 CE_INLINE ce_problem ce_half_sub(const ce_problem *p, Py_ssize_t r0, Py_ssize_t r1, float *xt,
@@ -313,6 +323,9 @@ CE_INLINE int ce_block_half(ce_problem *p, Py_ssize_t b, const int bf)
         if (has_t)
             ce_f32_rows_load(tt, &p->t, s0, s1, n, inner);
         ce_problem q = ce_half_sub(p, s0, s1, xt, tt, &loss);
+        if (s1 < r1 && ce_half_packed(&p->x, n, inner))
+            ce_half_prefetch((const uint16_t *)p->x.data + s1 * n,
+                             (s1 + sub < r1 ? sub : r1 - s1) * n);
         status = ce_block_f32(&q, 0);
         if (status != 0)
             break;
