@@ -64,7 +64,8 @@ print('simd', level)"
 }
 
 run_aarch64() {
-    apt_install gcc-aarch64-linux-gnu qemu-user-static
+    # libc6-dev-arm64-cross is only a recommendation of the cross gcc: without it nothing links
+    apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
     dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || { dpkg --add-architecture arm64; APT_UPDATED=0; }
     [ "$APT_UPDATED" = 1 ] || { apt-get update -q >/dev/null; APT_UPDATED=1; }
     local sys=$WORK/arm64/sysroot site=$WORK/arm64/site debs=$WORK/arm64/debs
@@ -106,7 +107,9 @@ status=0
 for b in "${builds[@]}"; do
     echo "== build: $b"
     start=$(date +%s)
-    if "run_$b"; then result=ok; else result=FAILED; status=1; fi
+    # run in a child so that set -e holds inside it (an if condition would switch it off)
+    "run_$b" &
+    if wait $!; then result=ok; else result=FAILED; status=1; fi
     echo "== build: $b $result in $(( $(date +%s) - start )) s"
 done
 exit $status
