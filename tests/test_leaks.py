@@ -178,6 +178,7 @@ def measured():
     not reproduce alone.)"""
     d = make_inputs()
     kinds = call_kinds(d)
+    # half the calls a pass, as when there were two passes: the tolerances' per-call figures hold
     per_pass = (-(-TOTAL_CALLS // len(kinds)) - WARMUP_PER_KIND + 1) // 2
     watched = {k: v for k, v in d.items() if isinstance(v, np.ndarray)}
     for fn in kinds.values():  # warm-up: caches, OpenMP pool, allocator arenas
